@@ -1,0 +1,538 @@
+//! `plan`: every session of a snapshot gets one decision, with its reason.
+//! Pure and synchronous: no IO, no clock (the caller passes `now`).
+
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use super::policy::{Action, Mode, Policy, Victims, format_ms};
+use super::protected::{Protected, Protection, protection};
+use super::session::{Session, Snapshot};
+use crate::fingerprint::Fingerprinter;
+
+/// The decisions for one snapshot of one target.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub target: String,
+    pub taken_at: DateTime<Utc>,
+    pub evaluated_at: DateTime<Utc>,
+    /// Why this snapshot may not lead to any kill, if it may not.
+    pub blocked: Option<Blocked>,
+    /// One per session, in snapshot order.
+    pub decisions: Vec<Decision>,
+    /// One per policy given, in the order given.
+    pub runs: Vec<PolicyRun>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Verdict {
+    Kill,
+    KillQuery,
+    WouldKill,
+    Spared,
+    NoMatch,
+}
+
+impl Verdict {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Kill => "kill",
+            Verdict::KillQuery => "kill-query",
+            Verdict::WouldKill => "would-kill",
+            Verdict::Spared => "spared",
+            Verdict::NoMatch => "no-match",
+        }
+    }
+
+    pub fn is_kill(self) -> bool {
+        matches!(self, Verdict::Kill | Verdict::KillQuery)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decision {
+    pub verdict: Verdict,
+    /// Index (into the policies given to `plan`) of the policy that decided, if any.
+    pub policy: Option<usize>,
+    pub why: Why,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Why {
+    /// No policy matched.
+    NoMatch,
+    /// The deciding policy matched and picked it as a victim.
+    Victim,
+    /// An operator named it (`session-reaper kill`).
+    Requested,
+    /// Matched (or protected) but not killed.
+    Spared(Spare),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Spare {
+    Protected(Protection),
+    IgnoredUser(String),
+    /// Not picked by `victims: oldest | all-but-oldest`.
+    NotPicked(Victims),
+    /// The policy's limits would be crossed: nothing is killed, the breaker opens.
+    Limit(LimitBreach),
+    /// The snapshot may not lead to kills.
+    Blocked(Blocked),
+    /// The policy's breaker on this target is open.
+    BreakerOpen { since: DateTime<Utc> },
+}
+
+impl Spare {
+    /// The `reason` label of `spared_total`, for the reasons it counts.
+    pub fn metric_reason(&self) -> Option<&'static str> {
+        match self {
+            Spare::Protected(p) => Some(p.metric_reason()),
+            Spare::IgnoredUser(_) => Some("ignored_user"),
+            Spare::NotPicked(_) => Some("victims"),
+            Spare::Limit(_) | Spare::Blocked(_) | Spare::BreakerOpen { .. } => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Blocked {
+    Stale { age_ms: u64, max_ms: u64 },
+    Partial(String),
+}
+
+impl Blocked {
+    /// The `outcome` label of `evaluations_total`.
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            Blocked::Stale { .. } => "stale",
+            Blocked::Partial(_) => "partial",
+        }
+    }
+}
+
+impl fmt::Display for Blocked {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Blocked::Stale { age_ms, max_ms } => write!(
+                f,
+                "the snapshot is {} old, more than max_snapshot_age {}",
+                format_ms(*age_ms),
+                format_ms(*max_ms)
+            ),
+            Blocked::Partial(why) => write!(f, "the snapshot is incomplete: {why}"),
+        }
+    }
+}
+
+/// The numbers of a crossed limit.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LimitBreach {
+    pub victims: usize,
+    pub sessions: usize,
+    pub max_kills_per_run: Option<u64>,
+    pub max_kill_fraction: Option<f64>,
+}
+
+impl fmt::Display for LimitBreach {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut crossed = Vec::new();
+        if let Some(max) = self.max_kills_per_run
+            && self.victims as u64 > max
+        {
+            crossed.push(format!("{} victims > max_kills_per_run {max}", self.victims));
+        }
+        if let Some(max) = self.max_kill_fraction
+            && crosses_fraction(self.victims, self.sessions, max)
+        {
+            crossed.push(format!(
+                "{} of {} sessions ({:.1}%) > max_kill_fraction {max}",
+                self.victims,
+                self.sessions,
+                100.0 * self.victims as f64 / self.sessions.max(1) as f64
+            ));
+        }
+        write!(f, "limit crossed: {}", crossed.join(" and "))
+    }
+}
+
+fn crosses_fraction(victims: usize, sessions: usize, max: f64) -> bool {
+    sessions > 0 && victims as f64 > max * sessions as f64
+}
+
+/// What one policy did with this snapshot.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PolicyRun {
+    pub policy: usize,
+    /// Sessions its `match` holds for (protected ones included).
+    pub matched: usize,
+    /// Its victims (indexes into the snapshot), kill or would-kill; empty when blocked
+    /// or when a limit is crossed.
+    pub victims: Vec<usize>,
+    pub outcome: RunOutcome,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum RunOutcome {
+    Ok,
+    Blocked(Blocked),
+    /// A limit would be crossed: nothing is killed and the breaker opens.
+    LimitCrossed(LimitBreach),
+}
+
+impl RunOutcome {
+    /// The `outcome` label of `evaluations_total`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            RunOutcome::Ok => "ok",
+            RunOutcome::Blocked(b) => b.outcome(),
+            RunOutcome::LimitCrossed(_) => "breaker_open",
+        }
+    }
+}
+
+/// Decide, for every session of `snapshot`, what `policies` do to it.
+pub fn plan(snapshot: &Snapshot, policies: &[&Policy], protected: &Protected, now: DateTime<Utc>) -> Plan {
+    let n = snapshot.sessions.len();
+    let blocked = blocked(snapshot, protected, now);
+    let protections: Vec<Option<Protection>> = snapshot
+        .sessions
+        .iter()
+        .map(|s| protection(s, &snapshot.own_connection_ids, protected))
+        .collect();
+    let mut decisions = vec![
+        Decision {
+            verdict: Verdict::NoMatch,
+            policy: None,
+            why: Why::NoMatch,
+        };
+        n
+    ];
+    for (i, p) in protections.iter().enumerate() {
+        if let Some(p) = p {
+            decisions[i].verdict = Verdict::Spared;
+            decisions[i].why = Why::Spared(Spare::Protected(p.clone()));
+        }
+    }
+    let mut fingerprints = FingerprintCache::new(n);
+    let mut runs = Vec::with_capacity(policies.len());
+    for (pi, policy) in policies.iter().enumerate() {
+        let mut matched = 0;
+        let mut candidates = Vec::new();
+        for (si, session) in snapshot.sessions.iter().enumerate() {
+            let failed = policy.matcher.first_failure(session, snapshot.transactions, &mut |sql| {
+                fingerprints.get(si, sql)
+            });
+            if failed.is_some() {
+                continue;
+            }
+            matched += 1;
+            if protections[si].is_some() {
+                claim_spared(&mut decisions[si], pi, None);
+                continue;
+            }
+            let user = session.user.as_deref().unwrap_or_default();
+            if let Some(glob) = policy.ignores(user) {
+                claim_spared(&mut decisions[si], pi, Some(Spare::IgnoredUser(glob.to_string())));
+                continue;
+            }
+            candidates.push(si);
+        }
+        let (victims, not_picked) = pick(&snapshot.sessions, candidates, policy.victims);
+        for si in not_picked {
+            claim_spared(&mut decisions[si], pi, Some(Spare::NotPicked(policy.victims)));
+        }
+        let breach = limit_breach(policy, victims.len(), n);
+        let outcome = match (&blocked, breach) {
+            (Some(b), _) => RunOutcome::Blocked(b.clone()),
+            (None, Some(breach)) => RunOutcome::LimitCrossed(breach),
+            (None, None) => RunOutcome::Ok,
+        };
+        let victims = match &outcome {
+            RunOutcome::Ok => {
+                let verdict = match (policy.mode, policy.action) {
+                    (Mode::DryRun, _) => Verdict::WouldKill,
+                    (Mode::Enforce, Action::Kill) => Verdict::Kill,
+                    (Mode::Enforce, Action::KillQuery) => Verdict::KillQuery,
+                };
+                for &si in &victims {
+                    claim(&mut decisions[si], verdict, pi, Why::Victim);
+                }
+                victims
+            }
+            RunOutcome::Blocked(b) => {
+                for &si in &victims {
+                    claim_spared(&mut decisions[si], pi, Some(Spare::Blocked(b.clone())));
+                }
+                Vec::new()
+            }
+            RunOutcome::LimitCrossed(breach) => {
+                for &si in &victims {
+                    claim_spared(&mut decisions[si], pi, Some(Spare::Limit(breach.clone())));
+                }
+                Vec::new()
+            }
+        };
+        runs.push(PolicyRun {
+            policy: pi,
+            matched,
+            victims,
+            outcome,
+        });
+    }
+    Plan {
+        target: snapshot.target.clone(),
+        taken_at: snapshot.taken_at,
+        evaluated_at: now,
+        blocked,
+        decisions,
+        runs,
+    }
+}
+
+fn blocked(snapshot: &Snapshot, protected: &Protected, now: DateTime<Utc>) -> Option<Blocked> {
+    if let Some(why) = &snapshot.partial {
+        return Some(Blocked::Partial(why.clone()));
+    }
+    let max = protected.max_snapshot_age?;
+    // A snapshot from the future (clock step) counts as age 0.
+    let age_ms = (now - snapshot.taken_at).num_milliseconds().max(0) as u64;
+    let max_ms = max.as_millis() as u64;
+    (age_ms > max_ms).then_some(Blocked::Stale { age_ms, max_ms })
+}
+
+/// Splits candidates into victims and the ones `victims:` leaves alone.
+fn pick(sessions: &[Session], mut candidates: Vec<usize>, victims: Victims) -> (Vec<usize>, Vec<usize>) {
+    if victims == Victims::All || candidates.is_empty() {
+        return (candidates, Vec::new());
+    }
+    let oldest_at = (0..candidates.len())
+        .max_by(|&a, &b| {
+            let (sa, sb) = (&sessions[candidates[a]], &sessions[candidates[b]]);
+            sa.time_ms.cmp(&sb.time_ms).then(sb.id.cmp(&sa.id))
+        })
+        .unwrap_or(0);
+    let oldest = candidates.remove(oldest_at);
+    match victims {
+        Victims::Oldest => (vec![oldest], candidates),
+        _ => (candidates, vec![oldest]),
+    }
+}
+
+fn limit_breach(policy: &Policy, victims: usize, sessions: usize) -> Option<LimitBreach> {
+    let limits = &policy.limits;
+    let over_count = limits.max_kills_per_run.is_some_and(|max| victims as u64 > max);
+    let over_fraction = limits
+        .max_kill_fraction
+        .is_some_and(|max| crosses_fraction(victims, sessions, max));
+    (over_count || over_fraction).then(|| LimitBreach {
+        victims,
+        sessions,
+        max_kills_per_run: limits.max_kills_per_run,
+        max_kill_fraction: limits.max_kill_fraction,
+    })
+}
+
+/// Rank of a decision: a stronger one replaces a weaker one.
+fn rank(d: &Decision) -> u8 {
+    match (d.verdict, d.policy.is_some()) {
+        (Verdict::Kill, _) => 5,
+        (Verdict::KillQuery, _) => 4,
+        (Verdict::WouldKill, _) => 3,
+        (Verdict::Spared, true) => 2,
+        (Verdict::Spared, false) => 1,
+        (Verdict::NoMatch, _) => 0,
+    }
+}
+
+fn claim(d: &mut Decision, verdict: Verdict, policy: usize, why: Why) {
+    let new = Decision {
+        verdict,
+        policy: Some(policy),
+        why,
+    };
+    if matches!(d.why, Why::Spared(Spare::Protected(_))) {
+        return; // protection is final
+    }
+    if rank(&new) > rank(d) {
+        *d = new;
+    }
+}
+
+/// Records that `policy` matched but spared the session. A protected session keeps
+/// its protection as the reason and learns which policy wanted it.
+fn claim_spared(d: &mut Decision, policy: usize, spare: Option<Spare>) {
+    match spare {
+        None => {
+            if d.policy.is_none() {
+                d.policy = Some(policy);
+            }
+        }
+        Some(spare) => claim(d, Verdict::Spared, policy, Why::Spared(spare)),
+    }
+}
+
+/// Fingerprints computed at most once per session per plan.
+struct FingerprintCache {
+    fingerprinter: Fingerprinter,
+    cache: Vec<Option<String>>,
+}
+
+impl FingerprintCache {
+    fn new(n: usize) -> Self {
+        FingerprintCache {
+            fingerprinter: Fingerprinter::default(),
+            cache: vec![None; n],
+        }
+    }
+
+    fn get(&mut self, session: usize, sql: &str) -> String {
+        self.cache[session]
+            .get_or_insert_with(|| self.fingerprinter.fingerprint(sql).to_owned())
+            .clone()
+    }
+}
+
+impl Plan {
+    /// Holds back every victim of policy `policy` because its breaker is open.
+    pub fn hold_for_breaker(&mut self, policy: usize, since: DateTime<Utc>) {
+        for d in &mut self.decisions {
+            if d.policy == Some(policy) && matches!(d.why, Why::Victim | Why::Requested) {
+                d.verdict = Verdict::Spared;
+                d.why = Why::Spared(Spare::BreakerOpen { since });
+            }
+        }
+        if let Some(run) = self.runs.iter_mut().find(|r| r.policy == policy) {
+            run.victims.clear();
+        }
+    }
+
+    /// For targets that cannot kill (replays): every kill becomes a would-kill.
+    pub fn downgrade_kills(&mut self) {
+        for d in &mut self.decisions {
+            if d.verdict.is_kill() {
+                d.verdict = Verdict::WouldKill;
+            }
+        }
+    }
+
+    /// A human sentence for decision `i`.
+    pub fn reason(&self, i: usize, snapshot: &Snapshot, policies: &[&Policy]) -> String {
+        let d = &self.decisions[i];
+        let session = &snapshot.sessions[i];
+        let policy = d.policy.map(|p| policies[p]);
+        match (&d.why, policy) {
+            (Why::NoMatch, _) => "no policy matches".to_owned(),
+            (Why::Victim, Some(p)) => {
+                let mut s = p.matcher.explain(session);
+                match p.victims {
+                    Victims::All => {}
+                    Victims::Oldest => s.push_str("; the oldest match"),
+                    Victims::AllButOldest => s.push_str("; not the oldest match"),
+                }
+                s
+            }
+            (Why::Spared(spare), p) => {
+                let by = p.map(|p| format!(" (matched by {})", p.name)).unwrap_or_default();
+                match spare {
+                    Spare::Protected(pr) => format!("protected: {pr}{by}"),
+                    Spare::IgnoredUser(g) => format!("ignored user {}{by}", if g == session.user.as_deref().unwrap_or("") { format!("`{g}`") } else { format!("`{}` ~ {g}", session.user.as_deref().unwrap_or("")) }),
+                    Spare::NotPicked(v) => format!("victims: {} picked another session{by}", v.as_str()),
+                    Spare::Limit(b) => format!("{b}: nothing is killed{by}"),
+                    Spare::Blocked(b) => format!("{b}: nothing is killed{by}"),
+                    Spare::BreakerOpen { since } => format!(
+                        "the breaker is open since {}: nothing is killed{by}",
+                        since.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+                    ),
+                }
+            }
+            (Why::Victim, None) => "victim".to_owned(),
+            (Why::Requested, _) => "requested by the operator (session-reaper kill)".to_owned(),
+        }
+    }
+}
+
+
+/// The policy behind `session-reaper kill`: enforce, no conditions, the global
+/// ignored users.
+pub fn manual_policy(action: Action, ignored_users: &[crate::core::glob::Glob]) -> Policy {
+    Policy {
+        name: "manual".to_owned(),
+        targets: Vec::new(),
+        schedule: crate::schedule::Schedule::Every(std::time::Duration::from_secs(1)),
+        mode: Mode::Enforce,
+        matcher: super::policy::Match::default(),
+        action,
+        victims: Victims::All,
+        limits: super::policy::Limits::default(),
+        ignored_users: ignored_users.to_vec(),
+        origin: super::policy::Origin::default(),
+    }
+}
+
+/// Decisions for an operator's kill of `ids`: the same protections and ignored
+/// users as any policy. Returns the plan and the ids refused, with why.
+pub fn plan_manual(
+    snapshot: &Snapshot,
+    ids: &[u64],
+    policy: &Policy,
+    protected: &Protected,
+    now: DateTime<Utc>,
+) -> (Plan, Vec<(u64, String)>) {
+    let blocked = blocked(snapshot, protected, now);
+    let mut decisions = vec![
+        Decision {
+            verdict: Verdict::NoMatch,
+            policy: None,
+            why: Why::NoMatch,
+        };
+        snapshot.sessions.len()
+    ];
+    let mut refused = Vec::new();
+    let mut victims = Vec::new();
+    for &id in ids {
+        let Some(i) = snapshot.sessions.iter().position(|s| s.id == id) else {
+            refused.push((id, format!("no session {id} on {}", snapshot.target)));
+            continue;
+        };
+        let s = &snapshot.sessions[i];
+        if let Some(p) = protection(s, &snapshot.own_connection_ids, protected) {
+            refused.push((id, format!("protected: {p}")));
+            continue;
+        }
+        if let Some(g) = policy.ignores(s.user.as_deref().unwrap_or_default()) {
+            refused.push((id, format!("ignored user (ignored_users: {g})")));
+            continue;
+        }
+        if let Some(b) = &blocked {
+            refused.push((id, b.to_string()));
+            continue;
+        }
+        let verdict = match policy.action {
+            Action::Kill => Verdict::Kill,
+            Action::KillQuery => Verdict::KillQuery,
+        };
+        decisions[i] = Decision {
+            verdict,
+            policy: Some(0),
+            why: Why::Requested,
+        };
+        victims.push(i);
+    }
+    let plan = Plan {
+        target: snapshot.target.clone(),
+        taken_at: snapshot.taken_at,
+        evaluated_at: now,
+        blocked: blocked.clone(),
+        decisions,
+        runs: vec![PolicyRun {
+            policy: 0,
+            matched: victims.len(),
+            victims,
+            outcome: blocked.map(RunOutcome::Blocked).unwrap_or(RunOutcome::Ok),
+        }],
+    };
+    (plan, refused)
+}

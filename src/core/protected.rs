@@ -1,0 +1,124 @@
+//! Sessions that are never victims, whatever a policy says (DESIGN.md invariant 1).
+
+use std::fmt;
+use std::time::Duration;
+
+use super::session::Session;
+
+/// What a target adds to the built-in protections.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Protected {
+    /// Accounts that are never victims: the provider's own O&M and replication
+    /// accounts plus the target's `protected_users`. Exact names.
+    pub accounts: Vec<String>,
+    /// A snapshot older than this leads to no kill (`None`: no limit, as for replays).
+    pub max_snapshot_age: Option<Duration>,
+}
+
+/// Server threads that keep the server or its replication running.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Thread {
+    SystemUser,
+    EventScheduler,
+    Daemon,
+    BinlogDump,
+    Replication,
+}
+
+impl fmt::Display for Thread {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Thread::SystemUser => "a server thread (user `system user`)",
+            Thread::EventScheduler => "the event scheduler",
+            Thread::Daemon => "a server daemon thread (command Daemon)",
+            Thread::BinlogDump => "a replica's binlog dump",
+            Thread::Replication => "a replication thread",
+        })
+    }
+}
+
+/// Why a session is beyond every policy's reach.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Protection {
+    OwnConnection,
+    UnreadableUser,
+    Thread(Thread),
+    ProviderAccount(String),
+}
+
+impl Protection {
+    /// The `reason` label of `spared_total`.
+    pub fn metric_reason(&self) -> &'static str {
+        match self {
+            Protection::OwnConnection => "own_connection",
+            Protection::UnreadableUser => "unreadable_user",
+            Protection::Thread(_) => "protected_thread",
+            Protection::ProviderAccount(_) => "provider_account",
+        }
+    }
+}
+
+impl fmt::Display for Protection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Protection::OwnConnection => f.write_str("our own connection"),
+            Protection::UnreadableUser => f.write_str("its user cannot be read"),
+            Protection::Thread(t) => write!(f, "{t}"),
+            Protection::ProviderAccount(a) => write!(f, "protected account `{a}`"),
+        }
+    }
+}
+
+/// Commands of replication and server threads (MySQL and MariaDB spellings).
+const PROTECTED_COMMANDS: &[(&str, Thread)] = &[
+    ("Daemon", Thread::Daemon),
+    ("Binlog Dump", Thread::BinlogDump),
+    ("Binlog Dump GTID", Thread::BinlogDump),
+    ("Slave_IO", Thread::Replication),
+    ("Slave_SQL", Thread::Replication),
+    ("Slave_worker", Thread::Replication),
+    ("Replica_IO", Thread::Replication),
+    ("Replica_SQL", Thread::Replication),
+    ("Replica_worker", Thread::Replication),
+    ("Register Slave", Thread::Replication),
+    ("Register Replica", Thread::Replication),
+    ("Group Replication", Thread::Replication),
+];
+
+/// Why `session` may never be killed, if it may not. `own_ids` are our own
+/// connections to the server.
+pub fn protection(session: &Session, own_ids: &[u64], protected: &Protected) -> Option<Protection> {
+    if own_ids.contains(&session.id) {
+        return Some(Protection::OwnConnection);
+    }
+    if let Some(&(_, thread)) = PROTECTED_COMMANDS
+        .iter()
+        .find(|(c, _)| c.eq_ignore_ascii_case(&session.command))
+    {
+        return Some(Protection::Thread(thread));
+    }
+    let user = match session.user.as_deref() {
+        None | Some("") => return Some(Protection::UnreadableUser),
+        Some(user) => user,
+    };
+    match user {
+        "system user" => return Some(Protection::Thread(Thread::SystemUser)),
+        "event_scheduler" => return Some(Protection::Thread(Thread::EventScheduler)),
+        _ => {}
+    }
+    if let Some(state) = session.state.as_deref()
+        && (state.starts_with("Slave has read all relay log")
+            || state.starts_with("Replica has read all relay log")
+            || state.starts_with("Waiting for master to send event")
+            || state.starts_with("Waiting for source to send event")
+            || state.starts_with("Master has sent all binlog")
+            || state.starts_with("Source has sent all binlog"))
+    {
+        return Some(Protection::Thread(Thread::Replication));
+    }
+    protected
+        .accounts
+        .iter()
+        .find(|a| a.as_str() == user)
+        .map(|a| Protection::ProviderAccount(a.clone()))
+}

@@ -1,0 +1,294 @@
+//! Carries out a plan: would-kills are audited once, kills go through the gates
+//! (write-ahead intent, re-check, kill, outcome) and every step is counted.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use chrono::Utc;
+use tracing::{error, info, warn};
+
+use crate::audit::{Audit, Event, Record, Subject};
+use crate::core::plan::{Plan, Verdict};
+use crate::core::policy::Policy;
+use crate::core::protected::Protected;
+use crate::core::recheck::recheck;
+use crate::core::session::{Session, Snapshot};
+use crate::fingerprint::Fingerprinter;
+use crate::metrics::Metrics;
+use crate::providers::{KillOutcome, KillRequest, KillResult, Provider};
+
+/// One tick's inputs.
+pub struct Tick<'a> {
+    pub target: &'a str,
+    pub provider: &'a dyn Provider,
+    pub policies: &'a [&'a Policy],
+    pub snapshot: &'a Snapshot,
+    pub plan: &'a Plan,
+    pub protected: &'a Protected,
+}
+
+/// What a tick did.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Report {
+    pub killed: usize,
+    pub not_killed: usize,
+    pub would_kill: usize,
+    /// Kills per policy index, and would-kills per policy index.
+    pub killed_by: Vec<usize>,
+    pub would_kill_by: Vec<usize>,
+    /// Set when the audit log could not be written (and so nothing was killed).
+    pub audit_error: Option<String>,
+    /// Every kill's session id and result.
+    pub outcomes: Vec<(u64, KillResult)>,
+}
+
+/// A would-kill already reported: policy, session, statement.
+pub type Reported = HashSet<(usize, u64, Option<u64>)>;
+
+pub struct Executor {
+    audit: Arc<Audit>,
+    metrics: Arc<Metrics>,
+}
+
+static INTENT_SEQ: AtomicU64 = AtomicU64::new(0);
+
+fn intent_id() -> String {
+    let seq = INTENT_SEQ.fetch_add(1, Ordering::Relaxed);
+    format!("{}-{}-{seq}", std::process::id(), Utc::now().timestamp_millis())
+}
+
+impl Executor {
+    pub fn new(audit: Arc<Audit>, metrics: Arc<Metrics>) -> Executor {
+        Executor { audit, metrics }
+    }
+
+    pub fn audit(&self) -> &Arc<Audit> {
+        &self.audit
+    }
+
+    async fn append(&self, records: Vec<Record>, durable: bool) -> Result<(), String> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let audit = self.audit.clone();
+        let result = tokio::task::spawn_blocking(move || audit.append(&records, durable))
+            .await
+            .map_err(|e| format!("audit writer failed: {e}"))
+            .and_then(|r| r.map_err(|e| e.to_string()));
+        let writable = i64::from(result.is_ok());
+        self.metrics
+            .audit_writable
+            .with_label_values(&[&self.audit.path().display().to_string()])
+            .set(writable);
+        result
+    }
+
+    /// Audits new would-kills and carries out the kills of `tick.plan`.
+    /// `reported` remembers the would-kills already audited on this target.
+    pub async fn execute(&self, tick: &Tick<'_>, reported: &mut Reported) -> Report {
+        let plan = tick.plan;
+        let snapshot = tick.snapshot;
+        let mut report = Report {
+            killed_by: vec![0; tick.policies.len()],
+            would_kill_by: vec![0; tick.policies.len()],
+            ..Report::default()
+        };
+        let now = Utc::now();
+        let mut fp = Fingerprinter::default();
+        let mut would = Vec::new();
+        let mut current: Reported = HashSet::new();
+        let mut kills: Vec<(usize, usize)> = Vec::new();
+        for (i, d) in plan.decisions.iter().enumerate() {
+            let Some(pi) = d.policy else { continue };
+            match d.verdict {
+                Verdict::WouldKill => {
+                    let s = &snapshot.sessions[i];
+                    let key = (pi, s.id, s.query_id);
+                    current.insert(key);
+                    if reported.contains(&key) {
+                        continue;
+                    }
+                    let policy = tick.policies[pi];
+                    let reason = plan.reason(i, snapshot, tick.policies);
+                    info!(
+                        target: "session_reaper::decision",
+                        "would kill session {} ({}) on {} by {}: {}",
+                        s.id,
+                        describe(s),
+                        tick.target,
+                        policy.name,
+                        reason
+                    );
+                    let subject = subject(tick.target, policy, s, &mut fp);
+                    would.push(Record::new(Event::WouldKill, now, &subject, reason));
+                    self.metrics
+                        .would_kill_total
+                        .with_label_values(&[tick.target, &policy.name])
+                        .inc();
+                    report.would_kill += 1;
+                    report.would_kill_by[pi] += 1;
+                }
+                Verdict::Kill | Verdict::KillQuery => kills.push((i, pi)),
+                Verdict::Spared | Verdict::NoMatch => {}
+            }
+        }
+        *reported = current;
+        if let Err(e) = self.append(would, false).await {
+            error!("{e}");
+            report.audit_error = Some(e);
+        }
+        if kills.is_empty() {
+            return report;
+        }
+
+        // Write-ahead: every intent is on disk before any kill is sent.
+        let mut intents = Vec::with_capacity(kills.len());
+        let mut subjects = Vec::with_capacity(kills.len());
+        for &(i, pi) in &kills {
+            let s = &snapshot.sessions[i];
+            let policy = tick.policies[pi];
+            let reason = plan.reason(i, snapshot, tick.policies);
+            let subject = subject(tick.target, policy, s, &mut fp);
+            let mut r = Record::new(Event::Intent, now, &subject, reason);
+            r.intent_id = Some(intent_id());
+            subjects.push(subject.fingerprint.clone());
+            intents.push(r);
+        }
+        if let Err(e) = self.append(intents.clone(), true).await {
+            error!("no kill on {}: {e}", tick.target);
+            report.audit_error = Some(e);
+            report.not_killed += kills.len();
+            return report;
+        }
+        let requests: Vec<KillRequest> = kills
+            .iter()
+            .map(|&(i, pi)| KillRequest {
+                session: snapshot.sessions[i].clone(),
+                action: tick.policies[pi].action,
+                tag: pi,
+            })
+            .collect();
+        let policies = tick.policies;
+        let protected = tick.protected;
+        let own_ids = snapshot.own_connection_ids.as_slice();
+        let transactions = snapshot.transactions;
+        let check = move |req: &KillRequest, fresh: Option<&Session>| {
+            recheck(&req.session, fresh, req.action, Some(policies[req.tag]), protected, own_ids, transactions)
+        };
+        let outcomes = tick.provider.kill(&requests, &check).await;
+        let done = Utc::now();
+        let mut records = Vec::with_capacity(outcomes.len());
+        for ((intent, outcome), (req, &(_, pi))) in intents.into_iter().zip(&outcomes).zip(requests.iter().zip(&kills)) {
+            let policy = tick.policies[pi];
+            self.observe(tick, policy, req, outcome, done);
+            if matches!(outcome.result, KillResult::Killed) {
+                report.killed += 1;
+                report.killed_by[pi] += 1;
+            } else {
+                report.not_killed += 1;
+            }
+            report.outcomes.push((req.session.id, outcome.result.clone()));
+            records.push(outcome_record(intent, outcome, done));
+        }
+        if let Err(e) = self.append(records, true).await {
+            error!("the outcomes of {} kills on {} are not in the audit log: {e}", outcomes.len(), tick.target);
+            report.audit_error = Some(e);
+        }
+        report
+    }
+
+    fn observe(&self, tick: &Tick<'_>, policy: &Policy, req: &KillRequest, outcome: &KillOutcome, done: chrono::DateTime<Utc>) {
+        let s = &req.session;
+        let label = outcome.result.label();
+        self.metrics
+            .kills_total
+            .with_label_values(&[tick.target, &policy.name, req.action.as_str(), label])
+            .inc();
+        match &outcome.result {
+            KillResult::Killed => {
+                info!(
+                    target: "session_reaper::decision",
+                    "killed session {} ({}) on {} by {} ({})",
+                    s.id,
+                    describe(s),
+                    tick.target,
+                    policy.name,
+                    req.action.as_str()
+                );
+                let crossed_ms = policy
+                    .matcher
+                    .min_time
+                    .map(|min| s.time_ms.saturating_sub(min.as_millis() as u64))
+                    .unwrap_or(0);
+                let detected = tick.snapshot.taken_at - chrono::Duration::milliseconds(crossed_ms as i64);
+                let secs = (done - detected).num_microseconds().unwrap_or(0).max(0) as f64 / 1e6;
+                self.metrics.detect_to_kill_seconds.with_label_values(&[tick.target]).observe(secs);
+            }
+            KillResult::Gone => info!("session {} on {} ended before its kill", s.id, tick.target),
+            KillResult::Changed(why) => info!("session {} on {} not killed: {why}", s.id, tick.target),
+            other => warn!(
+                "kill of session {} on {} by {}: {}: {}",
+                s.id,
+                tick.target,
+                policy.name,
+                other.label(),
+                other.detail().unwrap_or("")
+            ),
+        }
+        if let (Some(r), Some(k)) = (outcome.rechecked_at, outcome.sent_at) {
+            self.metrics
+                .recheck_to_kill_seconds
+                .with_label_values(&[tick.target])
+                .observe(k.saturating_duration_since(r).as_secs_f64());
+        }
+    }
+}
+
+/// The outcome (or skip) record closing an intent.
+pub fn outcome_record(intent: Record, outcome: &KillOutcome, at: chrono::DateTime<Utc>) -> Record {
+    let event = match outcome.result {
+        KillResult::Gone | KillResult::Changed(_) => Event::Skip,
+        _ => Event::Outcome,
+    };
+    Record {
+        ts: crate::audit::timestamp(at),
+        event,
+        result: Some(outcome.result.label().to_owned()),
+        error: match &outcome.result {
+            KillResult::Refused(e) | KillResult::Failed(e) | KillResult::Unknown(e) => Some(e.clone()),
+            _ => None,
+        },
+        reason: match &outcome.result {
+            KillResult::Changed(why) => why.clone(),
+            KillResult::Gone => "the session ended before the kill".to_owned(),
+            _ => intent.reason.clone(),
+        },
+        ..intent
+    }
+}
+
+fn subject<'a>(target: &'a str, policy: &'a Policy, s: &'a Session, fp: &mut Fingerprinter) -> Subject<'a> {
+    Subject {
+        target,
+        policy: &policy.name,
+        session: s,
+        fingerprint: s.sql.as_deref().map(|sql| fp.fingerprint(sql).to_owned()),
+        action: policy.action.as_str(),
+        mode: policy.mode.as_str(),
+    }
+}
+
+/// `app@10.0.0.7 db=shop Sleep 312.4s`.
+pub fn describe(s: &Session) -> String {
+    let mut out = format!(
+        "{}@{}",
+        s.user.as_deref().unwrap_or("?"),
+        s.host.as_deref().unwrap_or("")
+    );
+    if let Some(db) = &s.db {
+        out.push_str(&format!(" db={db}"));
+    }
+    out.push_str(&format!(" {} {}", s.command, crate::core::policy::format_ms(s.time_ms)));
+    out
+}

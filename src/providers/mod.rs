@@ -1,0 +1,183 @@
+//! Where sessions come from and where kills go. A provider fetches and kills; it
+//! never decides: the re-check it runs right before a kill is `core::recheck`,
+//! handed in by the executor.
+//!
+//! Adding a provider is one file here and one line in [`REGISTRY`].
+
+pub mod file;
+pub mod mysql;
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+
+use crate::config::yaml::Map;
+use crate::core::policy::Action;
+use crate::core::session::{Session, Snapshot};
+use crate::metrics::Metrics;
+
+/// What a provider can report and do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capabilities {
+    /// Sessions carry their open transaction (`in_transaction`, `min_trx_time`).
+    pub transactions: bool,
+    /// `kill-query` (end the statement, keep the connection).
+    pub kill_query: bool,
+    /// Kills reach a server (false for replays).
+    pub kills: bool,
+}
+
+/// What the policies due in a tick need from a snapshot, so a provider can ask
+/// for less (no statement text, no transaction join, only some users).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Want {
+    pub sql: bool,
+    pub transactions: bool,
+}
+
+impl Want {
+    pub fn everything() -> Want {
+        Want {
+            sql: true,
+            transactions: true,
+        }
+    }
+}
+
+/// One session to kill, as the plan saw it.
+#[derive(Debug, Clone)]
+pub struct KillRequest {
+    pub session: Session,
+    pub action: Action,
+    /// The caller's own reference (which policy); providers pass it back untouched.
+    pub tag: usize,
+}
+
+pub use crate::core::recheck::Recheck;
+
+/// Called by a provider with each request and the session's fresh row (`None`
+/// when it is gone).
+pub type Rechecker<'a> = dyn Fn(&KillRequest, Option<&Session>) -> Recheck + Send + Sync + 'a;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KillResult {
+    Killed,
+    /// Ended before the kill.
+    Gone,
+    /// The re-check found another user, host or statement: not killed.
+    Changed(String),
+    /// The provider would not kill it (an ignored or internal user, no privilege).
+    Refused(String),
+    Failed(String),
+    /// No answer: it may or may not have been killed.
+    Unknown(String),
+}
+
+impl KillResult {
+    /// The `result` label of `kills_total` and the audit field.
+    pub fn label(&self) -> &'static str {
+        match self {
+            KillResult::Killed => "killed",
+            KillResult::Gone => "gone",
+            KillResult::Changed(_) => "changed",
+            KillResult::Refused(_) => "refused",
+            KillResult::Failed(_) => "failed",
+            KillResult::Unknown(_) => "unknown",
+        }
+    }
+
+    pub fn detail(&self) -> Option<&str> {
+        match self {
+            KillResult::Killed | KillResult::Gone => None,
+            KillResult::Changed(s)
+            | KillResult::Refused(s)
+            | KillResult::Failed(s)
+            | KillResult::Unknown(s) => Some(s),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct KillOutcome {
+    pub result: KillResult,
+    /// When the fresh row was read and when the kill was sent, for the
+    /// re-check-to-kill window.
+    pub rechecked_at: Option<Instant>,
+    pub sent_at: Option<Instant>,
+}
+
+impl KillOutcome {
+    pub fn without_recheck(result: KillResult) -> KillOutcome {
+        KillOutcome {
+            result,
+            rechecked_at: None,
+            sent_at: None,
+        }
+    }
+}
+
+/// A provider error: what failed, never a secret.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ProviderError {
+    #[error("cannot connect to {target}: {message}")]
+    Connect { target: String, message: String },
+    #[error("{target}: {operation} failed: {message}")]
+    Query {
+        target: String,
+        operation: &'static str,
+        message: String,
+    },
+    #[error("{target}: {operation} timed out after {}", crate::core::policy::format_duration(*.after))]
+    Timeout {
+        target: String,
+        operation: &'static str,
+        after: Duration,
+    },
+    #[error("{target}: {message}")]
+    Other { target: String, message: String },
+}
+
+#[async_trait]
+pub trait Provider: Send + Sync {
+    fn kind(&self) -> &'static str;
+
+    /// Every session of the target now.
+    async fn snapshot(&self, want: &Want) -> Result<Snapshot, ProviderError>;
+
+    /// Re-checks each request against a fresh read and kills those `recheck`
+    /// lets through. One outcome per request, in order.
+    async fn kill(&self, requests: &[KillRequest], recheck: &Rechecker<'_>) -> Vec<KillOutcome>;
+}
+
+/// A configured provider: knows its limits and builds the live provider.
+pub trait Factory: Send + Sync + fmt::Debug {
+    fn capabilities(&self) -> Capabilities;
+    /// The provider's own O&M and replication accounts: never victims.
+    fn builtin_accounts(&self) -> &'static [&'static str];
+    /// `max_snapshot_age` when the target does not set it (`None`: no limit).
+    fn default_max_snapshot_age(&self) -> Option<Duration>;
+    fn build(&self, target: &str, metrics: Arc<Metrics>) -> Arc<dyn Provider>;
+}
+
+/// How the configuration reads a target of this provider.
+#[derive(Clone, Copy)]
+pub struct Spec {
+    pub name: &'static str,
+    /// The keys this provider adds to the common ones.
+    pub keys: &'static [&'static str],
+    /// Reads them; errors go to the map's document. `base` is the config's directory.
+    pub parse: fn(&Map<'_>, &std::path::Path) -> Option<Arc<dyn Factory>>,
+}
+
+/// Every provider, by the name used in `provider:`.
+pub static REGISTRY: &[Spec] = &[mysql::SPEC, file::SPEC];
+
+pub fn spec(name: &str) -> Option<&'static Spec> {
+    REGISTRY.iter().find(|s| s.name == name)
+}
+
+pub fn names() -> Vec<&'static str> {
+    REGISTRY.iter().map(|s| s.name).collect()
+}

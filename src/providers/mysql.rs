@@ -1,0 +1,776 @@
+//! The `mysql` provider: a direct connection to MySQL or MariaDB.
+//!
+//! Snapshot: `information_schema.PROCESSLIST` (MariaDB: millisecond `TIME_MS` and
+//! `QUERY_ID`; MySQL 8: `performance_schema.processlist` when it is on) left-joined
+//! with `information_schema.INNODB_TRX`. The flavour is detected once per connection.
+//! Kill: `KILL CONNECTION id`, `KILL QUERY id`, and on MariaDB `KILL QUERY ID
+//! query_id`, which can only end the statement that was matched.
+//!
+//! Connections come from a small pool of our own, so that kills run concurrently
+//! and so that we know the id of every connection we hold: they are never victims.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use mysql_async::prelude::Queryable;
+use mysql_async::{Conn, Opts, OptsBuilder, Row, Value};
+use secrecy::{ExposeSecret, SecretString};
+use tokio::sync::Semaphore;
+
+use super::{
+    Capabilities, Factory, KillOutcome, KillRequest, KillResult, Provider, ProviderError, Recheck,
+    Rechecker, Spec, Want,
+};
+use crate::config::secret;
+use crate::config::yaml::Map;
+use crate::core::policy::Action;
+use crate::core::session::{ServerInfo, Session, Snapshot, Transaction};
+use crate::metrics::Metrics;
+
+pub const SPEC: Spec = Spec {
+    name: "mysql",
+    keys: &["url", "password", "timeout", "pool_size"],
+    parse,
+};
+
+/// Accounts of the server itself and of managed services that run plain MySQL:
+/// MySQL's internal accounts, MariaDB's, Amazon RDS's `rdsadmin`, Azure's
+/// `azure_superuser`, Google Cloud SQL's `cloudsqladmin`.
+const BUILTIN_ACCOUNTS: &[&str] = &[
+    "mysql.session",
+    "mysql.sys",
+    "mysql.infoschema",
+    "mariadb.sys",
+    "rdsadmin",
+    "azure_superuser",
+    "cloudsqladmin",
+];
+
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+const DEFAULT_POOL: u64 = 4;
+
+fn parse(map: &Map<'_>, base: &Path) -> Option<Arc<dyn Factory>> {
+    let url = map.require("url").and_then(|v| {
+        let s = v.str()?;
+        match Opts::from_url(s) {
+            Ok(opts) => {
+                if opts.pass().is_some() {
+                    v.error(
+                        "the password is written in `url`; secrets are never inline",
+                        Some("remove it from the URL and add `password: {env: VARIABLE}`".to_owned()),
+                    );
+                    return None;
+                }
+                if opts.user().is_none() {
+                    v.error(
+                        "`url` names no user",
+                        Some("write `mysql://reaper@host:3306`".to_owned()),
+                    );
+                    return None;
+                }
+                Some((s.to_owned(), opts))
+            }
+            Err(e) => {
+                v.error(
+                    format!("`url` is not a MySQL URL: {e}"),
+                    Some("write `mysql://user@host:3306`".to_owned()),
+                );
+                None
+            }
+        }
+    });
+    let password = match map.get("password") {
+        Some(v) => Some(secret::read(&v, base)?),
+        None => None,
+    };
+    let timeout = match map.get("timeout") {
+        Some(v) => v.duration()?,
+        None => DEFAULT_TIMEOUT,
+    };
+    let pool_size = match map.get("pool_size") {
+        Some(v) => match v.u64()? {
+            n @ 1..=64 => n,
+            n => {
+                v.error(format!("`pool_size` must be 1 to 64, not {n}"), None);
+                return None;
+            }
+        },
+        None => DEFAULT_POOL,
+    };
+    let (url, opts) = url?;
+    Some(Arc::new(MysqlFactory {
+        url,
+        opts,
+        password,
+        timeout,
+        pool_size: pool_size as usize,
+    }))
+}
+
+#[derive(Debug)]
+struct MysqlFactory {
+    url: String,
+    opts: Opts,
+    password: Option<SecretString>,
+    timeout: Duration,
+    pool_size: usize,
+}
+
+impl Factory for MysqlFactory {
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            transactions: true,
+            kill_query: true,
+            kills: true,
+        }
+    }
+
+    fn builtin_accounts(&self) -> &'static [&'static str] {
+        BUILTIN_ACCOUNTS
+    }
+
+    fn default_max_snapshot_age(&self) -> Option<Duration> {
+        Some(Duration::from_secs(5))
+    }
+
+    fn build(&self, target: &str, metrics: Arc<Metrics>) -> Arc<dyn Provider> {
+        Arc::new(MysqlProvider {
+            target: target.to_owned(),
+            url: self.url.clone(),
+            opts: self.opts.clone(),
+            password: self.password.clone(),
+            timeout: self.timeout,
+            idle: Mutex::new(Vec::new()),
+            permits: Semaphore::new(self.pool_size),
+            pool_size: self.pool_size,
+            own_ids: Mutex::new(BTreeSet::new()),
+            backoff: Mutex::new(Backoff::default()),
+            metrics,
+        })
+    }
+}
+
+/// Which process list a connection reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Flavour {
+    MariaDb,
+    /// MySQL with `performance_schema.processlist`.
+    MySqlPerfSchema,
+    /// MySQL reading `information_schema.PROCESSLIST`.
+    MySql,
+}
+
+impl Flavour {
+    fn name(self) -> &'static str {
+        match self {
+            Flavour::MariaDb => "mariadb",
+            Flavour::MySqlPerfSchema | Flavour::MySql => "mysql",
+        }
+    }
+}
+
+struct Pooled {
+    conn: Conn,
+    flavour: Flavour,
+    version: String,
+    started_at: Option<DateTime<Utc>>,
+}
+
+/// Reconnect pacing: 250 ms doubling to 30 s, with jitter, reset by a success.
+#[derive(Default)]
+struct Backoff {
+    failures: u32,
+    not_before: Option<Instant>,
+    last_error: String,
+}
+
+impl Backoff {
+    fn delay(failures: u32) -> Duration {
+        let base = 250u64.saturating_mul(1 << failures.min(7)).min(30_000);
+        let jitter = rand::random_range(0.8..1.2);
+        Duration::from_millis((base as f64 * jitter) as u64)
+    }
+}
+
+pub struct MysqlProvider {
+    target: String,
+    url: String,
+    opts: Opts,
+    password: Option<SecretString>,
+    timeout: Duration,
+    idle: Mutex<Vec<Pooled>>,
+    permits: Semaphore,
+    pool_size: usize,
+    /// Ids of every connection we opened (live or recently closed).
+    own_ids: Mutex<BTreeSet<u64>>,
+    backoff: Mutex<Backoff>,
+    metrics: Arc<Metrics>,
+}
+
+/// A checked-out connection; goes back to the pool when dropped unless discarded.
+struct Lease<'a> {
+    provider: &'a MysqlProvider,
+    conn: Option<Pooled>,
+    /// Whether it came from the idle list (it may have died while idle).
+    reused: bool,
+    _permit: tokio::sync::SemaphorePermit<'a>,
+}
+
+impl Lease<'_> {
+    fn conn(&mut self) -> &mut Pooled {
+        // Only `discard` takes the connection out, and it consumes the lease.
+        self.conn.as_mut().expect("a lease holds its connection until discarded")
+    }
+
+    fn discard(mut self) {
+        self.conn = None;
+    }
+}
+
+impl Drop for Lease<'_> {
+    fn drop(&mut self) {
+        if let Some(c) = self.conn.take()
+            && let Ok(mut idle) = self.provider.idle.lock()
+        {
+            idle.push(c);
+        }
+    }
+}
+
+const OWN_IDS_KEPT: usize = 1024;
+
+impl MysqlProvider {
+    fn err_query(&self, operation: &'static str, e: &mysql_async::Error) -> ProviderError {
+        ProviderError::Query {
+            target: self.target.clone(),
+            operation,
+            message: describe(e),
+        }
+    }
+
+    fn err_timeout(&self, operation: &'static str) -> ProviderError {
+        ProviderError::Timeout {
+            target: self.target.clone(),
+            operation,
+            after: self.timeout,
+        }
+    }
+
+    async fn lease(&self) -> Result<Lease<'_>, ProviderError> {
+        let permit = self.permits.acquire().await.map_err(|_| ProviderError::Other {
+            target: self.target.clone(),
+            message: "the connection pool is closed".to_owned(),
+        })?;
+        let idle = self.idle.lock().ok().and_then(|mut v| v.pop());
+        if let Some(conn) = idle {
+            return Ok(Lease {
+                provider: self,
+                conn: Some(conn),
+                reused: true,
+                _permit: permit,
+            });
+        }
+        let conn = self.connect().await?;
+        Ok(Lease {
+            provider: self,
+            conn: Some(conn),
+            reused: false,
+            _permit: permit,
+        })
+    }
+
+    async fn connect(&self) -> Result<Pooled, ProviderError> {
+        if let Ok(b) = self.backoff.lock()
+            && let Some(not_before) = b.not_before
+            && Instant::now() < not_before
+        {
+            let wait = not_before - Instant::now();
+            return Err(ProviderError::Connect {
+                target: self.target.clone(),
+                message: format!(
+                    "{} (next attempt in {})",
+                    b.last_error,
+                    crate::core::policy::format_duration(Duration::from_millis(wait.as_millis() as u64))
+                ),
+            });
+        }
+        let result = self.connect_now().await;
+        self.metrics
+            .provider_request("mysql", "connect", if result.is_ok() { "ok" } else { "error" });
+        if let Ok(mut b) = self.backoff.lock() {
+            match &result {
+                Ok(_) => *b = Backoff::default(),
+                Err(e) => {
+                    b.failures = b.failures.saturating_add(1);
+                    b.not_before = Some(Instant::now() + Backoff::delay(b.failures - 1));
+                    b.last_error = match e {
+                        ProviderError::Connect { message, .. } => message.clone(),
+                        other => other.to_string(),
+                    };
+                }
+            }
+        }
+        result
+    }
+
+    async fn connect_now(&self) -> Result<Pooled, ProviderError> {
+        let mut builder = OptsBuilder::from_opts(self.opts.clone())
+            .stmt_cache_size(0)
+            .prefer_socket(false);
+        if let Some(p) = &self.password {
+            builder = builder.pass(Some(p.expose_secret()));
+        }
+        let connect_err = |message: String| ProviderError::Connect {
+            target: self.target.clone(),
+            message,
+        };
+        let mut conn = match tokio::time::timeout(self.timeout, Conn::new(builder)).await {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => return Err(connect_err(format!("{} ({})", describe(&e), self.url))),
+            Err(_) => {
+                return Err(connect_err(format!(
+                    "no answer within {} ({})",
+                    crate::core::policy::format_duration(self.timeout),
+                    self.url
+                )));
+            }
+        };
+        let id = u64::from(conn.id());
+        if let Ok(mut ids) = self.own_ids.lock() {
+            ids.insert(id);
+            while ids.len() > OWN_IDS_KEPT {
+                ids.pop_first();
+            }
+        }
+        let probe = async {
+            let row: Option<(String, String)> = conn
+                .query_first("SELECT VERSION(), CAST(UNIX_TIMESTAMP(NOW(6)) AS CHAR)")
+                .await?;
+            let uptime: Option<(String, String)> =
+                conn.query_first("SHOW GLOBAL STATUS LIKE 'Uptime'").await?;
+            let (version, now) = row.unwrap_or_default();
+            let flavour = if version.contains("MariaDB") {
+                Flavour::MariaDb
+            } else {
+                let pfs: Option<Value> = conn.query_first("SELECT @@performance_schema").await?;
+                match pfs {
+                    Some(v) if value_u64(&v) == Some(1) => Flavour::MySqlPerfSchema,
+                    _ => Flavour::MySql,
+                }
+            };
+            if flavour == Flavour::MariaDb {
+                // A server-side bound on our own statements, below our client timeout.
+                let secs = (self.timeout.as_secs_f64() * 0.9).max(0.1);
+                conn.query_drop(format!("SET SESSION max_statement_time = {secs:.3}"))
+                    .await?;
+            }
+            let started_at = match (now.parse::<f64>(), uptime.and_then(|(_, u)| u.parse::<f64>().ok())) {
+                (Ok(now), Some(up)) => DateTime::from_timestamp_millis(((now - up) * 1000.0) as i64),
+                _ => None,
+            };
+            Ok::<_, mysql_async::Error>((flavour, version, started_at))
+        };
+        match tokio::time::timeout(self.timeout, probe).await {
+            Ok(Ok((flavour, version, started_at))) => Ok(Pooled {
+                conn,
+                flavour,
+                version,
+                started_at,
+            }),
+            Ok(Err(e)) => Err(connect_err(format!("connected, but {}", describe(&e)))),
+            Err(_) => Err(connect_err("connected, but the server did not answer".to_owned())),
+        }
+    }
+
+    fn own_ids(&self) -> Vec<u64> {
+        self.own_ids
+            .lock()
+            .map(|ids| ids.iter().copied().collect())
+            .unwrap_or_default()
+    }
+
+    /// Runs the process-list query on a leased connection, retrying once on a fresh
+    /// connection when a pooled one turns out to have died while idle.
+    async fn read_sessions(
+        &self,
+        want: &Want,
+        only_ids: Option<&[u64]>,
+        operation: &'static str,
+    ) -> Result<(Vec<Session>, ServerInfo, Lease<'_>), ProviderError> {
+        let mut attempt = 0;
+        loop {
+            let mut lease = self.lease().await?;
+            let reused = lease.reused;
+            let conn = lease.conn();
+            let sql = processlist_query(conn.flavour, want, only_ids);
+            let server = ServerInfo {
+                flavour: conn.flavour.name().to_owned(),
+                version: conn.version.clone(),
+                started_at: conn.started_at,
+            };
+            let flavour = conn.flavour;
+            let result = tokio::time::timeout(self.timeout, async {
+                let rows: Vec<Row> = conn.conn.query(sql).await?;
+                Ok::<_, mysql_async::Error>(rows)
+            })
+            .await;
+            match result {
+                Ok(Ok(rows)) => {
+                    self.metrics.provider_request("mysql", operation, "ok");
+                    let sessions = rows.into_iter().filter_map(|r| session_from_row(r, flavour)).collect();
+                    return Ok((sessions, server, lease));
+                }
+                Ok(Err(e)) => {
+                    self.metrics.provider_request("mysql", operation, "error");
+                    let fatal = e.is_fatal() || matches!(e, mysql_async::Error::Io(_) | mysql_async::Error::Driver(_));
+                    if fatal {
+                        lease.discard();
+                        if reused && attempt == 0 {
+                            attempt += 1;
+                            continue;
+                        }
+                    }
+                    return Err(self.err_query(operation, &e));
+                }
+                Err(_) => {
+                    self.metrics.provider_request("mysql", operation, "timeout");
+                    lease.discard();
+                    return Err(self.err_timeout(operation));
+                }
+            }
+        }
+    }
+
+    async fn kill_chunk(
+        &self,
+        chunk: Vec<(usize, &KillRequest)>,
+        recheck: &Rechecker<'_>,
+    ) -> Vec<(usize, KillOutcome)> {
+        let ids: Vec<u64> = chunk.iter().map(|(_, r)| r.session.id).collect();
+        let (fresh, server, mut lease) = match self.read_sessions(&Want::everything(), Some(&ids), "recheck").await {
+            Ok(x) => x,
+            Err(e) => {
+                let why = format!("not sent: the re-check failed: {e}");
+                return chunk
+                    .into_iter()
+                    .map(|(i, _)| (i, KillOutcome::without_recheck(KillResult::Failed(why.clone()))))
+                    .collect();
+            }
+        };
+        let _ = server;
+        let rechecked_at = Instant::now();
+        let fresh: HashMap<u64, Session> = fresh.into_iter().map(|s| (s.id, s)).collect();
+        let mut out = Vec::with_capacity(chunk.len());
+        let mut broken: Option<String> = None;
+        for (i, req) in chunk {
+            if let Some(why) = &broken {
+                out.push((i, KillOutcome::without_recheck(KillResult::Failed(format!("not sent: {why}")))));
+                continue;
+            }
+            let verdict = recheck(req, fresh.get(&req.session.id));
+            let result = match verdict {
+                Recheck::Gone => KillResult::Gone,
+                Recheck::Changed(why) => KillResult::Changed(why),
+                Recheck::Proceed => {
+                    let conn = lease.conn();
+                    let stmt = kill_statement(conn.flavour, req);
+                    let sent_at = Instant::now();
+                    let r = tokio::time::timeout(self.timeout, conn.conn.query_drop(stmt)).await;
+                    let result = match r {
+                        Ok(Ok(())) => {
+                            self.metrics.provider_request("mysql", "kill", "ok");
+                            KillResult::Killed
+                        }
+                        Ok(Err(mysql_async::Error::Server(e))) => {
+                            self.metrics.provider_request("mysql", "kill", "error");
+                            match e.code {
+                                // ER_NO_SUCH_THREAD, ER_NO_SUCH_QUERY
+                                1094 | 1957 => KillResult::Gone,
+                                // ER_KILL_DENIED_ERROR, ER_SPECIFIC_ACCESS_DENIED_ERROR
+                                1095 | 1227 => KillResult::Refused(format!("server error {}: {}", e.code, e.message)),
+                                _ => KillResult::Failed(format!("server error {}: {}", e.code, e.message)),
+                            }
+                        }
+                        Ok(Err(e)) => {
+                            self.metrics.provider_request("mysql", "kill", "error");
+                            broken = Some("the connection broke".to_owned());
+                            KillResult::Unknown(format!("no answer to the kill: {}", describe(&e)))
+                        }
+                        Err(_) => {
+                            self.metrics.provider_request("mysql", "kill", "timeout");
+                            broken = Some("the connection timed out".to_owned());
+                            KillResult::Unknown(format!(
+                                "no answer to the kill within {}",
+                                crate::core::policy::format_duration(self.timeout)
+                            ))
+                        }
+                    };
+                    out.push((
+                        i,
+                        KillOutcome {
+                            result,
+                            rechecked_at: Some(rechecked_at),
+                            sent_at: Some(sent_at),
+                        },
+                    ));
+                    continue;
+                }
+            };
+            out.push((
+                i,
+                KillOutcome {
+                    result,
+                    rechecked_at: Some(rechecked_at),
+                    sent_at: None,
+                },
+            ));
+        }
+        if broken.is_some() {
+            lease.discard();
+        }
+        out
+    }
+}
+
+#[async_trait]
+impl Provider for MysqlProvider {
+    fn kind(&self) -> &'static str {
+        "mysql"
+    }
+
+    async fn snapshot(&self, want: &Want) -> Result<Snapshot, ProviderError> {
+        let taken_at = Utc::now();
+        let (sessions, server, lease) = self.read_sessions(want, None, "snapshot").await?;
+        drop(lease);
+        Ok(Snapshot {
+            format: Snapshot::FORMAT.to_owned(),
+            target: self.target.clone(),
+            provider: "mysql".to_owned(),
+            taken_at,
+            server,
+            own_connection_ids: self.own_ids(),
+            transactions: want.transactions,
+            partial: None,
+            sessions,
+        })
+    }
+
+    async fn kill(&self, requests: &[KillRequest], recheck: &Rechecker<'_>) -> Vec<KillOutcome> {
+        if requests.is_empty() {
+            return Vec::new();
+        }
+        let lanes = self.pool_size.min(requests.len()).max(1);
+        let per_lane = requests.len().div_ceil(lanes);
+        let indexed: Vec<(usize, &KillRequest)> = requests.iter().enumerate().collect();
+        let chunks: Vec<Vec<(usize, &KillRequest)>> = indexed.chunks(per_lane).map(<[_]>::to_vec).collect();
+        let results = futures::future::join_all(chunks.into_iter().map(|c| self.kill_chunk(c, recheck))).await;
+        let mut outcomes: Vec<Option<KillOutcome>> = vec![None; requests.len()];
+        for (i, o) in results.into_iter().flatten() {
+            outcomes[i] = Some(o);
+        }
+        outcomes
+            .into_iter()
+            .map(|o| o.unwrap_or_else(|| KillOutcome::without_recheck(KillResult::Failed("not attempted".to_owned()))))
+            .collect()
+    }
+}
+
+fn kill_statement(flavour: Flavour, req: &KillRequest) -> String {
+    let id = req.session.id;
+    match (req.action, flavour, req.session.query_id) {
+        (Action::Kill, _, _) => format!("KILL CONNECTION {id}"),
+        (Action::KillQuery, Flavour::MariaDb, Some(qid)) => format!("KILL QUERY ID {qid}"),
+        (Action::KillQuery, _, _) => format!("KILL QUERY {id}"),
+    }
+}
+
+/// The process-list query for a flavour and what the policies need.
+fn processlist_query(flavour: Flavour, want: &Want, only_ids: Option<&[u64]>) -> String {
+    let info = if want.sql { "p.INFO" } else { "NULL" };
+    let (source, time, query_id) = match flavour {
+        Flavour::MariaDb => ("information_schema.PROCESSLIST", "CAST(p.TIME_MS AS CHAR)", "p.QUERY_ID"),
+        Flavour::MySqlPerfSchema => ("performance_schema.processlist", "p.TIME * 1000", "NULL"),
+        Flavour::MySql => ("information_schema.PROCESSLIST", "p.TIME * 1000", "NULL"),
+    };
+    // `trx_started` has whole seconds: the smallest age it can mean is now - started - 1s.
+    let (trx_cols, trx_join) = if want.transactions {
+        (
+            "t.trx_id, GREATEST(0, TIMESTAMPDIFF(MICROSECOND, t.trx_started, NOW(6)) DIV 1000 - 1000)",
+            " LEFT JOIN information_schema.INNODB_TRX t ON t.trx_mysql_thread_id = p.ID",
+        )
+    } else {
+        ("NULL, NULL", "")
+    };
+    let filter = match only_ids {
+        Some(ids) if !ids.is_empty() => {
+            let list: Vec<String> = ids.iter().map(u64::to_string).collect();
+            format!(" WHERE p.ID IN ({})", list.join(","))
+        }
+        _ => String::new(),
+    };
+    format!(
+        "SELECT p.ID, p.USER, p.HOST, p.DB, p.COMMAND, {time}, p.STATE, {info}, {query_id}, {trx_cols} \
+         FROM {source} p{trx_join}{filter}"
+    )
+}
+
+fn value_u64(v: &Value) -> Option<u64> {
+    match v {
+        Value::UInt(u) => Some(*u),
+        Value::Int(i) => u64::try_from(*i).ok(),
+        Value::Bytes(b) => std::str::from_utf8(b).ok()?.trim().parse().ok(),
+        _ => None,
+    }
+}
+
+fn value_string(v: &Value) -> Option<String> {
+    match v {
+        Value::NULL => None,
+        Value::Bytes(b) => Some(String::from_utf8_lossy(b).into_owned()),
+        Value::Int(i) => Some(i.to_string()),
+        Value::UInt(u) => Some(u.to_string()),
+        other => Some(other.as_sql(true)),
+    }
+}
+
+/// Milliseconds from `TIME_MS` ("1234.567") or `TIME * 1000`, floored, never negative.
+fn value_ms(v: &Value) -> Option<u64> {
+    match v {
+        Value::Bytes(b) => {
+            let s = std::str::from_utf8(b).ok()?.trim();
+            let whole = s.split('.').next()?;
+            if whole.starts_with('-') {
+                return Some(0);
+            }
+            whole.parse().ok()
+        }
+        Value::Int(i) => Some((*i).max(0) as u64),
+        Value::UInt(u) => Some(*u),
+        Value::Double(d) => Some(d.max(0.0) as u64),
+        Value::Float(f) => Some(f.max(0.0) as u64),
+        _ => None,
+    }
+}
+
+/// `10.0.0.7:51234` → (`10.0.0.7`, 51234); `localhost` → (`localhost`, none).
+/// TCP clients always carry `:port` in the process list; IPv6 ones too (`::1:51234`).
+pub fn split_host(raw: &str) -> (String, Option<u16>) {
+    if let Some(rest) = raw.strip_prefix('[')
+        && let Some((addr, port)) = rest.split_once("]:")
+    {
+        return (addr.to_owned(), port.parse().ok());
+    }
+    match raw.rsplit_once(':') {
+        Some((addr, port)) if !addr.is_empty() && !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => {
+            match port.parse() {
+                Ok(p) => (addr.to_owned(), Some(p)),
+                Err(_) => (raw.to_owned(), None),
+            }
+        }
+        _ => (raw.to_owned(), None),
+    }
+}
+
+fn session_from_row(row: Row, flavour: Flavour) -> Option<Session> {
+    let v = row.unwrap_raw();
+    let get = |i: usize| v.get(i).and_then(|x| x.as_ref());
+    let id = get(0).and_then(value_u64)?;
+    let host_raw = get(2).and_then(value_string);
+    let (host, port) = match host_raw.as_deref() {
+        None | Some("") => (None, None),
+        Some(h) => {
+            let (h, p) = split_host(h);
+            (Some(h), p)
+        }
+    };
+    let trx = match (get(9).and_then(value_string), get(10).and_then(value_ms)) {
+        (Some(id), Some(age_ms)) => Some(Transaction { id, age_ms }),
+        _ => None,
+    };
+    let query_id = if flavour == Flavour::MariaDb {
+        get(8).and_then(value_u64)
+    } else {
+        None
+    };
+    Some(Session {
+        id,
+        user: get(1).and_then(value_string),
+        host,
+        port,
+        db: get(3).and_then(value_string),
+        command: get(4).and_then(value_string).unwrap_or_default(),
+        time_ms: get(5).and_then(value_ms).unwrap_or(0),
+        state: get(6).and_then(value_string).filter(|s| !s.is_empty()),
+        sql: get(7).and_then(value_string),
+        query_id,
+        trx,
+        template_id: None,
+        node: None,
+    })
+}
+
+/// A driver error in words, without the driver's decoration.
+fn describe(e: &mysql_async::Error) -> String {
+    match e {
+        mysql_async::Error::Server(s) => format!("server error {}: {}", s.code, s.message),
+        mysql_async::Error::Io(io) => format!("network error: {io}"),
+        mysql_async::Error::Driver(d) => format!("driver error: {d}"),
+        mysql_async::Error::Url(u) => format!("bad URL: {u}"),
+        mysql_async::Error::Other(o) => o.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts_lose_their_port() {
+        assert_eq!(split_host("10.0.0.7:51234"), ("10.0.0.7".to_owned(), Some(51234)));
+        assert_eq!(split_host("localhost"), ("localhost".to_owned(), None));
+        assert_eq!(split_host("::1:51234"), ("::1".to_owned(), Some(51234)));
+        assert_eq!(split_host("[fe80::1]:3306"), ("fe80::1".to_owned(), Some(3306)));
+        assert_eq!(split_host("web-1.example.com:40000"), ("web-1.example.com".to_owned(), Some(40000)));
+    }
+
+    #[test]
+    fn time_ms_is_floored_never_rounded_up() {
+        assert_eq!(value_ms(&Value::Bytes(b"1999.999".to_vec())), Some(1999));
+        assert_eq!(value_ms(&Value::Bytes(b"0.400".to_vec())), Some(0));
+        assert_eq!(value_ms(&Value::Bytes(b"-3.000".to_vec())), Some(0));
+        assert_eq!(value_ms(&Value::Int(5000)), Some(5000));
+    }
+
+    #[test]
+    fn kill_query_on_mariadb_binds_to_the_statement() {
+        let mut s = Session {
+            id: 7,
+            user: Some("app".into()),
+            host: None,
+            port: None,
+            db: None,
+            command: "Query".into(),
+            time_ms: 0,
+            state: None,
+            sql: None,
+            query_id: Some(99),
+            trx: None,
+            template_id: None,
+            node: None,
+        };
+        let req = |s: &Session, action| KillRequest {
+            session: s.clone(),
+            action,
+            tag: 0,
+        };
+        assert_eq!(kill_statement(Flavour::MariaDb, &req(&s, Action::KillQuery)), "KILL QUERY ID 99");
+        assert_eq!(kill_statement(Flavour::MySql, &req(&s, Action::KillQuery)), "KILL QUERY 7");
+        assert_eq!(kill_statement(Flavour::MariaDb, &req(&s, Action::Kill)), "KILL CONNECTION 7");
+        s.query_id = None;
+        assert_eq!(kill_statement(Flavour::MariaDb, &req(&s, Action::KillQuery)), "KILL QUERY 7");
+    }
+}

@@ -1,0 +1,259 @@
+//! The `mysql` provider against a real MariaDB server.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use mysql_async::prelude::Queryable;
+use session_reaper::config;
+use session_reaper::core::policy::Action;
+use session_reaper::core::recheck::{Recheck, recheck};
+use session_reaper::core::session::Session;
+use session_reaper::metrics::Metrics;
+use session_reaper::providers::{KillRequest, KillResult, Provider, Want};
+use support::{MariaDb, Setup, wait_until};
+
+fn provider(setup: &Setup, db: &MariaDb, reaper: &support::User) -> Arc<dyn Provider> {
+    let target = setup.mysql_target("db", db, reaper);
+    let path = setup.config(&format!("targets:\n{target}"));
+    let config = config::load(&path).expect("valid config");
+    config.targets[0].factory.build("db", Arc::new(Metrics::new()))
+}
+
+fn identity(req: &KillRequest, fresh: Option<&Session>) -> Recheck {
+    recheck(
+        &req.session,
+        fresh,
+        req.action,
+        None,
+        &Default::default(),
+        &[],
+        true,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn snapshot_reads_mariadb_millisecond_times_query_ids_and_transactions() {
+    let db = MariaDb::shared();
+    let setup = Setup::new();
+    let reaper = db.reaper_user().await;
+    let app = db.create_user("snap_app", None).await;
+    let dbname = db.create_db("snap", &[&app]).await;
+    let _idle = db.open_idle(&app, 2).await;
+    let mut in_trx = db.connect(&app.name, &app.password).await.unwrap();
+    in_trx
+        .query_drop(format!("START TRANSACTION WITH CONSISTENT SNAPSHOT"))
+        .await
+        .unwrap();
+    in_trx
+        .query_drop(format!("SELECT * FROM `{dbname}`.t WHERE id = 1 FOR UPDATE"))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+
+    let p = provider(&setup, db, &reaper);
+    let snap = p.snapshot(&Want::everything()).await.expect("snapshot");
+    assert_eq!(snap.server.flavour, "mariadb");
+    assert!(snap.transactions);
+    assert!(snap.server.started_at.is_some());
+    let mine: Vec<&Session> = snap
+        .sessions
+        .iter()
+        .filter(|s| s.user.as_deref() == Some(app.name.as_str()))
+        .collect();
+    assert_eq!(mine.len(), 3, "{mine:?}");
+    for s in &mine {
+        assert_eq!(s.command, "Sleep");
+        assert_eq!(s.host.as_deref(), Some("127.0.0.1"));
+        assert!(s.port.is_some());
+        assert!(s.time_ms >= 1000, "idle for 1.3 s, read {} ms", s.time_ms);
+        assert!(s.query_id.is_some());
+    }
+    let with_trx: Vec<&&Session> = mine.iter().filter(|s| s.trx.is_some()).collect();
+    assert_eq!(with_trx.len(), 1, "exactly one session holds a transaction");
+    let age = with_trx[0].trx.as_ref().unwrap().age_ms;
+    // trx_started has whole seconds: the age read is at most the real age minus
+    // what the truncation can hide, never more than the real age.
+    assert!(age <= 1300 + 50, "transaction age {age} ms is more than it can be");
+    // Our own connection is listed as ours.
+    let reaper_sessions: Vec<&Session> = snap
+        .sessions
+        .iter()
+        .filter(|s| s.user.as_deref() == Some(reaper.name.as_str()))
+        .collect();
+    assert!(!reaper_sessions.is_empty());
+    for s in reaper_sessions {
+        assert!(snap.own_connection_ids.contains(&s.id), "session {} is ours", s.id);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn snapshot_without_sql_or_transactions_when_not_wanted() {
+    let db = MariaDb::shared();
+    let setup = Setup::new();
+    let reaper = db.reaper_user().await;
+    let p = provider(&setup, db, &reaper);
+    let snap = p
+        .snapshot(&Want {
+            sql: false,
+            transactions: false,
+        })
+        .await
+        .expect("snapshot");
+    assert!(!snap.transactions);
+    assert!(snap.sessions.iter().all(|s| s.sql.is_none() && s.trx.is_none()));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_ends_the_connection_and_reports_gone_for_a_second_try() {
+    let db = MariaDb::shared();
+    let setup = Setup::new();
+    let reaper = db.reaper_user().await;
+    let app = db.create_user("kill_app", None).await;
+    let _conns = db.open_idle(&app, 3).await;
+    let p = provider(&setup, db, &reaper);
+    let snap = p.snapshot(&Want::everything()).await.unwrap();
+    let victims: Vec<KillRequest> = snap
+        .sessions
+        .iter()
+        .filter(|s| s.user.as_deref() == Some(app.name.as_str()))
+        .map(|s| KillRequest {
+            session: s.clone(),
+            action: Action::Kill,
+            tag: 0,
+        })
+        .collect();
+    assert_eq!(victims.len(), 3);
+    let outcomes = p.kill(&victims, &identity).await;
+    assert!(
+        outcomes.iter().all(|o| o.result == KillResult::Killed),
+        "{outcomes:?}"
+    );
+    assert!(outcomes.iter().all(|o| o.rechecked_at.is_some() && o.sent_at.is_some()));
+    assert!(wait_until(Duration::from_secs(5), || async { db.ids_of(&app.name).await.is_empty() }).await);
+    let again = p.kill(&victims, &identity).await;
+    assert!(again.iter().all(|o| o.result == KillResult::Gone), "{again:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_is_skipped_when_the_id_now_belongs_to_another_user() {
+    let db = MariaDb::shared();
+    let setup = Setup::new();
+    let reaper = db.reaper_user().await;
+    let other = db.create_user("other", None).await;
+    let _conn = db.open_idle(&other, 1).await;
+    let p = provider(&setup, db, &reaper);
+    let snap = p.snapshot(&Want::everything()).await.unwrap();
+    let real = snap
+        .sessions
+        .iter()
+        .find(|s| s.user.as_deref() == Some(other.name.as_str()))
+        .unwrap()
+        .clone();
+    // The plan saw this id as `app` running a statement; by kill time it is `other`.
+    let mut planned = real.clone();
+    planned.user = Some("app".to_owned());
+    planned.sql = Some("SELECT SLEEP(100)".to_owned());
+    let outcomes = p
+        .kill(
+            &[KillRequest {
+                session: planned,
+                action: Action::Kill,
+                tag: 0,
+            }],
+            &identity,
+        )
+        .await;
+    match &outcomes[0].result {
+        KillResult::Changed(why) => assert!(why.contains("now belongs to user"), "{why}"),
+        other => panic!("expected changed, got {other:?}"),
+    }
+    assert!(outcomes[0].sent_at.is_none(), "no kill was sent");
+    assert_eq!(db.ids_of(&other.name).await, vec![real.id], "the session lives");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_query_on_mariadb_ends_only_the_matched_statement() {
+    let db = MariaDb::shared();
+    let setup = Setup::new();
+    let reaper = db.reaper_user().await;
+    let app = db.create_user("kq_app", None).await;
+    let mut conn = db.connect(&app.name, &app.password).await.unwrap();
+    let running = tokio::spawn(async move {
+        let r: mysql_async::Result<Vec<u64>> = conn.query("SELECT SLEEP(30)").await;
+        (r, conn)
+    });
+    let p = provider(&setup, db, &reaper);
+    let mut target = None;
+    for _ in 0..250 {
+        let snap = p.snapshot(&Want::everything()).await.unwrap();
+        target = snap
+            .sessions
+            .into_iter()
+            .find(|s| s.user.as_deref() == Some(app.name.as_str()) && s.command == "Query");
+        if target.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let session = target.unwrap();
+    assert!(session.query_id.is_some());
+    let out = p
+        .kill(
+            &[KillRequest {
+                session: session.clone(),
+                action: Action::KillQuery,
+                tag: 0,
+            }],
+            &identity,
+        )
+        .await;
+    assert_eq!(out[0].result, KillResult::Killed);
+    let (result, mut conn) = tokio::time::timeout(Duration::from_secs(10), running)
+        .await
+        .expect("the statement ended")
+        .unwrap();
+    // SLEEP() interrupted returns 1 (MariaDB) or an error: either way it is over.
+    let _ = result;
+    let one: Option<u64> = conn.query_first("SELECT 1").await.expect("the connection lives");
+    assert_eq!(one, Some(1));
+
+    // A statement that finished is not hit: its query id is gone.
+    let out = p
+        .kill(
+            &[KillRequest {
+                session,
+                action: Action::KillQuery,
+                tag: 0,
+            }],
+            &identity,
+        )
+        .await;
+    assert!(
+        matches!(out[0].result, KillResult::Changed(_) | KillResult::Gone),
+        "{:?}",
+        out[0].result
+    );
+    let one: Option<u64> = conn.query_first("SELECT 1").await.expect("still alive");
+    assert_eq!(one, Some(1));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unreachable_server_is_an_error_without_the_password() {
+    let setup = Setup::new();
+    let secret = setup.secret("pw", "s3cret-never-shown");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let path = setup.config(&format!(
+        "targets:\n  - name: gone\n    provider: mysql\n    url: mysql://reaper@127.0.0.1:{port}\n    password: {{file: {}}}\n    timeout: 1s\n",
+        secret.display()
+    ));
+    let config = config::load(&path).unwrap();
+    let p = config.targets[0].factory.build("gone", Arc::new(Metrics::new()));
+    let err = p.snapshot(&Want::everything()).await.unwrap_err().to_string();
+    assert!(err.contains("cannot connect to gone"), "{err}");
+    assert!(!err.contains("s3cret"), "{err}");
+    // The next attempt waits for the backoff instead of hammering the server.
+    let err2 = p.snapshot(&Want::everything()).await.unwrap_err().to_string();
+    assert!(err2.contains("next attempt in"), "{err2}");
+}

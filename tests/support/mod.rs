@@ -1,0 +1,72 @@
+//! Shared test parts: throwaway MariaDB servers and config directories.
+
+#![allow(dead_code)]
+
+pub mod mariadb;
+
+use std::path::{Path, PathBuf};
+
+use session_reaper::audit::{Audit, Record};
+
+pub use mariadb::{MariaDb, User, wait_until};
+
+/// A config directory: `config.yaml`, `policies/`, `state/`, secrets.
+pub struct Setup {
+    pub dir: tempfile::TempDir,
+}
+
+impl Setup {
+    pub fn new() -> Setup {
+        let dir = tempfile::Builder::new()
+            .prefix("session-reaper-test-")
+            .tempdir()
+            .expect("temp dir");
+        std::fs::create_dir_all(dir.path().join("policies")).expect("policies dir");
+        Setup { dir }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("config.yaml")
+    }
+
+    /// Writes `config.yaml` with `state_dir: state`, `policies_dir: policies` and
+    /// the given `targets:` block (and anything else) appended.
+    pub fn config(&self, rest: &str) -> PathBuf {
+        let text = format!("listen: 127.0.0.1:0\nstate_dir: state\npolicies_dir: policies\n{rest}");
+        std::fs::write(self.config_path(), text).expect("write config");
+        self.config_path()
+    }
+
+    pub fn policy(&self, file: &str, yaml: &str) {
+        std::fs::write(self.dir.path().join("policies").join(file), yaml).expect("write policy");
+    }
+
+    pub fn secret(&self, name: &str, value: &str) -> PathBuf {
+        let p = self.dir.path().join(name);
+        std::fs::write(&p, value).expect("write secret");
+        p
+    }
+
+    /// A `mysql` target on `db` as `user`, its password in a secret file.
+    pub fn mysql_target(&self, name: &str, db: &MariaDb, user: &User) -> String {
+        let secret = self.secret(&format!("{name}.password"), &user.password);
+        format!(
+            "  - name: {name}\n    provider: mysql\n    url: mysql://{}@127.0.0.1:{}\n    password: {{file: {}}}\n",
+            user.name,
+            db.port,
+            secret.display()
+        )
+    }
+
+    pub fn audit_path(&self) -> PathBuf {
+        self.dir.path().join("state").join("audit.jsonl")
+    }
+
+    pub fn audit(&self) -> Vec<Record> {
+        Audit::read_all(&self.audit_path()).unwrap_or_default()
+    }
+}
