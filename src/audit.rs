@@ -175,7 +175,9 @@ impl Audit {
         let Some(file) = guard.as_mut() else {
             return Err(self.err(std::io::Error::other("audit log not open")));
         };
-        let written = file.write_all(&buf).and_then(|()| if durable { file.sync_data() } else { Ok(()) });
+        let written = file
+            .write_all(&buf)
+            .and_then(|()| if durable { file.sync_data() } else { Ok(()) });
         if let Err(e) = written {
             // Reopen next time: the file may have been replaced or the disk freed.
             *guard = None;
@@ -188,6 +190,9 @@ impl Audit {
     /// (a torn last line after a crash) are skipped.
     pub fn read_all(path: &Path) -> std::io::Result<Vec<Record>> {
         let text = std::fs::read_to_string(path)?;
-        Ok(text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect())
+        Ok(text
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect())
     }
 }

@@ -194,7 +194,9 @@ pub async fn start(path: &Path, listen: Option<SocketAddr>) -> Result<Handle, St
     let listener = TcpListener::bind(addr)
         .await
         .map_err(|source| StartError::Listen { addr, source })?;
-    let addr = listener.local_addr().map_err(|source| StartError::Listen { addr, source })?;
+    let addr = listener
+        .local_addr()
+        .map_err(|source| StartError::Listen { addr, source })?;
     let metrics = Arc::new(Metrics::new());
     let shared = Arc::new(Shared::new(metrics.clone(), path));
     let (http_stop_tx, http_stop_rx) = watch::channel(false);
@@ -219,7 +221,12 @@ pub async fn start(path: &Path, listen: Option<SocketAddr>) -> Result<Handle, St
 /// How long a shutdown or reload waits for in-flight runs.
 const DRAIN: Duration = Duration::from_secs(30);
 
-async fn supervise(path: PathBuf, config: Config, shared: Arc<Shared>, mut control: mpsc::Receiver<Control>) {
+async fn supervise(
+    path: PathBuf,
+    config: Config,
+    shared: Arc<Shared>,
+    mut control: mpsc::Receiver<Control>,
+) {
     let mut generation = Generation::start(config, &shared);
     notify(&[sd_notify::NotifyState::Ready]);
     info!(
@@ -238,7 +245,11 @@ async fn supervise(path: PathBuf, config: Config, shared: Arc<Shared>, mut contr
                         }
                         generation.stop().await;
                         generation = Generation::start(new, &shared);
-                        shared.metrics.config_reloads_total.with_label_values(&["success"]).inc();
+                        shared
+                            .metrics
+                            .config_reloads_total
+                            .with_label_values(&["success"])
+                            .inc();
                         shared.with_state(|s| s.last_reload_error = None);
                         info!(
                             "configuration reloaded: {} targets, {} policies",
@@ -246,7 +257,11 @@ async fn supervise(path: PathBuf, config: Config, shared: Arc<Shared>, mut contr
                         );
                     }
                     Err(e) => {
-                        shared.metrics.config_reloads_total.with_label_values(&["error"]).inc();
+                        shared
+                            .metrics
+                            .config_reloads_total
+                            .with_label_values(&["error"])
+                            .inc();
                         let text = e.to_string();
                         error!("reload failed; the running configuration stays:\n{text}");
                         shared.with_state(|s| s.last_reload_error = Some(text));
@@ -400,7 +415,10 @@ impl Runner {
         let config = self.config.clone();
         let policies: Vec<&Policy> = config.policies_for(&self.target.name);
         if policies.is_empty() {
-            info!("target {}: no policy applies; it is only watched", self.target.name);
+            info!(
+                "target {}: no policy applies; it is only watched",
+                self.target.name
+            );
         }
         // The first tick of every policy runs at once.
         let now = Instant::now();
@@ -416,7 +434,11 @@ impl Runner {
             if *stop.borrow() {
                 break;
             }
-            let next = due.iter().map(|d| d.at).min().unwrap_or_else(|| Instant::now() + idle_check);
+            let next = due
+                .iter()
+                .map(|d| d.at)
+                .min()
+                .unwrap_or_else(|| Instant::now() + idle_check);
             tokio::select! {
                 _ = tokio::time::sleep_until(next) => {}
                 _ = stop.changed() => break,
@@ -427,7 +449,9 @@ impl Runner {
             }
             let now = Instant::now();
             let slack = Duration::from_millis(1);
-            let due_now: Vec<usize> = (0..policies.len()).filter(|&i| due[i].at <= now + slack).collect();
+            let due_now: Vec<usize> = (0..policies.len())
+                .filter(|&i| due[i].at <= now + slack)
+                .collect();
             if due_now.is_empty() {
                 continue;
             }
@@ -441,11 +465,19 @@ impl Runner {
                     self.shared
                         .metrics
                         .evaluations_total
-                        .with_label_values(&[&policies[i].name, &self.target.name, "skipped_overrun"])
+                        .with_label_values(&[
+                            &policies[i].name,
+                            &self.target.name,
+                            "skipped_overrun",
+                        ])
                         .inc_by(skipped);
                     self.shared.with_state(|s| {
-                        if let Some(p) = s.policies.iter_mut().find(|p| p.name == policies[i].name) {
-                            p.runs.entry(self.target.name.clone()).or_default().skipped_ticks += skipped;
+                        if let Some(p) = s.policies.iter_mut().find(|p| p.name == policies[i].name)
+                        {
+                            p.runs
+                                .entry(self.target.name.clone())
+                                .or_default()
+                                .skipped_ticks += skipped;
                         }
                     });
                 }
@@ -478,7 +510,10 @@ impl Runner {
                 }
                 metrics.target_ready.with_label_values(&[&target]).set(0);
                 for p in policies {
-                    metrics.evaluations_total.with_label_values(&[&p.name, &target, "error"]).inc();
+                    metrics
+                        .evaluations_total
+                        .with_label_values(&[&p.name, &target, "error"])
+                        .inc();
                     self.record_run(p, "error", 0, 0, 0, 0, None);
                 }
                 self.shared.with_state(|s| {
@@ -494,7 +529,10 @@ impl Runner {
             info!("target {target} is answering again");
         }
         metrics.target_ready.with_label_values(&[&target]).set(1);
-        metrics.sessions.with_label_values(&[&target]).set(snapshot.sessions.len() as i64);
+        metrics
+            .sessions
+            .with_label_values(&[&target])
+            .set(snapshot.sessions.len() as i64);
         self.shared.with_state(|s| {
             let t = s.targets.entry(target.clone()).or_default();
             t.ready = true;
@@ -521,9 +559,17 @@ impl Runner {
                 .shared
                 .breakers
                 .lock()
-                .map(|mut b| b.entry(key).or_default().observe(&run.outcome, policy.limits.breaker_cooldown, now))
+                .map(|mut b| {
+                    b.entry(key).or_default().observe(
+                        &run.outcome,
+                        policy.limits.breaker_cooldown,
+                        now,
+                    )
+                })
                 .unwrap_or(Transition::StillOpen { since: now });
-            let gauge = metrics.breaker_open.with_label_values(&[&target, &policy.name]);
+            let gauge = metrics
+                .breaker_open
+                .with_label_values(&[&target, &policy.name]);
             match &transition {
                 Transition::Opened(breach) => {
                     warn!(
@@ -583,7 +629,10 @@ impl Runner {
             {
                 let key = (snapshot.sessions[i].id, reason);
                 if !self.spared.contains(&key) {
-                    metrics.spared_total.with_label_values(&[&target, reason]).inc();
+                    metrics
+                        .spared_total
+                        .with_label_values(&[&target, reason])
+                        .inc();
                 }
                 spared_now.insert(key);
             }
@@ -592,12 +641,18 @@ impl Runner {
 
         for run in &plan.runs {
             let policy = policies[run.policy];
-            let held_since = held.iter().find(|(pi, _)| *pi == run.policy).map(|(_, s)| *s);
+            let held_since = held
+                .iter()
+                .find(|(pi, _)| *pi == run.policy)
+                .map(|(_, s)| *s);
             let outcome = match (&run.outcome, held_since) {
                 (RunOutcome::Ok, Some(_)) => "breaker_open",
                 (o, _) => o.label(),
             };
-            metrics.evaluations_total.with_label_values(&[&policy.name, &target, outcome]).inc();
+            metrics
+                .evaluations_total
+                .with_label_values(&[&policy.name, &target, outcome])
+                .inc();
             metrics
                 .matched_sessions
                 .with_label_values(&[&target, &policy.name])
@@ -709,5 +764,47 @@ fn advance(schedule: &Schedule, due: &mut Due, now: Instant, wall_now: DateTime<
             }
             skipped
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::schedule::Zone;
+
+    #[test]
+    fn an_interval_tick_that_overruns_skips_the_missed_ticks_and_counts_them() {
+        let every = Schedule::Every(Duration::from_millis(250));
+        let t0 = Instant::now();
+        let wall = Utc::now();
+        let mut due = Due { at: t0, wall };
+        // On time: the next tick is one interval later, nothing skipped.
+        assert_eq!(
+            advance(&every, &mut due, t0 + Duration::from_millis(10), wall),
+            0
+        );
+        assert_eq!(due.at, t0 + Duration::from_millis(250));
+        // The run took 600 ms: the ticks at 500 and 750 are skipped, next at 1000.
+        let now = t0 + Duration::from_millis(850);
+        assert_eq!(advance(&every, &mut due, now, wall), 2);
+        assert_eq!(due.at, t0 + Duration::from_millis(1000));
+    }
+
+    #[test]
+    fn a_cron_tick_that_overruns_skips_the_missed_occurrences() {
+        let cron = Schedule::parse("*/10 * * * * *", Zone::Named(chrono_tz::UTC)).unwrap();
+        let start = DateTime::parse_from_rfc3339("2026-11-25T03:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let t0 = Instant::now();
+        let mut due = Due {
+            at: t0,
+            wall: start,
+        };
+        // The run at 03:00:00 finished at 03:00:35: 10, 20 and 30 were missed.
+        let skipped = advance(&cron, &mut due, t0, start + chrono::Duration::seconds(35));
+        assert_eq!(skipped, 3);
+        assert_eq!(due.wall, start + chrono::Duration::seconds(40));
+        assert_eq!(due.at, t0 + Duration::from_secs(5));
     }
 }

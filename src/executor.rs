@@ -55,7 +55,11 @@ static INTENT_SEQ: AtomicU64 = AtomicU64::new(0);
 
 fn intent_id() -> String {
     let seq = INTENT_SEQ.fetch_add(1, Ordering::Relaxed);
-    format!("{}-{}-{seq}", std::process::id(), Utc::now().timestamp_millis())
+    format!(
+        "{}-{}-{seq}",
+        std::process::id(),
+        Utc::now().timestamp_millis()
+    )
 }
 
 impl Executor {
@@ -174,12 +178,24 @@ impl Executor {
         let own_ids = snapshot.own_connection_ids.as_slice();
         let transactions = snapshot.transactions;
         let check = move |req: &KillRequest, fresh: Option<&Session>| {
-            recheck(&req.session, fresh, req.action, Some(policies[req.tag]), protected, own_ids, transactions)
+            recheck(
+                &req.session,
+                fresh,
+                req.action,
+                Some(policies[req.tag]),
+                protected,
+                own_ids,
+                transactions,
+            )
         };
         let outcomes = tick.provider.kill(&requests, &check).await;
         let done = Utc::now();
         let mut records = Vec::with_capacity(outcomes.len());
-        for ((intent, outcome), (req, &(_, pi))) in intents.into_iter().zip(&outcomes).zip(requests.iter().zip(&kills)) {
+        for ((intent, outcome), (req, &(_, pi))) in intents
+            .into_iter()
+            .zip(&outcomes)
+            .zip(requests.iter().zip(&kills))
+        {
             let policy = tick.policies[pi];
             self.observe(tick, policy, req, outcome, done);
             if matches!(outcome.result, KillResult::Killed) {
@@ -188,17 +204,30 @@ impl Executor {
             } else {
                 report.not_killed += 1;
             }
-            report.outcomes.push((req.session.id, outcome.result.clone()));
+            report
+                .outcomes
+                .push((req.session.id, outcome.result.clone()));
             records.push(outcome_record(intent, outcome, done));
         }
         if let Err(e) = self.append(records, true).await {
-            error!("the outcomes of {} kills on {} are not in the audit log: {e}", outcomes.len(), tick.target);
+            error!(
+                "the outcomes of {} kills on {} are not in the audit log: {e}",
+                outcomes.len(),
+                tick.target
+            );
             report.audit_error = Some(e);
         }
         report
     }
 
-    fn observe(&self, tick: &Tick<'_>, policy: &Policy, req: &KillRequest, outcome: &KillOutcome, done: chrono::DateTime<Utc>) {
+    fn observe(
+        &self,
+        tick: &Tick<'_>,
+        policy: &Policy,
+        req: &KillRequest,
+        outcome: &KillOutcome,
+        done: chrono::DateTime<Utc>,
+    ) {
         let s = &req.session;
         let label = outcome.result.label();
         self.metrics
@@ -221,12 +250,18 @@ impl Executor {
                     .min_time
                     .map(|min| s.time_ms.saturating_sub(min.as_millis() as u64))
                     .unwrap_or(0);
-                let detected = tick.snapshot.taken_at - chrono::Duration::milliseconds(crossed_ms as i64);
+                let detected =
+                    tick.snapshot.taken_at - chrono::Duration::milliseconds(crossed_ms as i64);
                 let secs = (done - detected).num_microseconds().unwrap_or(0).max(0) as f64 / 1e6;
-                self.metrics.detect_to_kill_seconds.with_label_values(&[tick.target]).observe(secs);
+                self.metrics
+                    .detect_to_kill_seconds
+                    .with_label_values(&[tick.target])
+                    .observe(secs);
             }
             KillResult::Gone => info!("session {} on {} ended before its kill", s.id, tick.target),
-            KillResult::Changed(why) => info!("session {} on {} not killed: {why}", s.id, tick.target),
+            KillResult::Changed(why) => {
+                info!("session {} on {} not killed: {why}", s.id, tick.target)
+            }
             other => warn!(
                 "kill of session {} on {} by {}: {}: {}",
                 s.id,
@@ -256,7 +291,9 @@ pub fn outcome_record(intent: Record, outcome: &KillOutcome, at: chrono::DateTim
         event,
         result: Some(outcome.result.label().to_owned()),
         error: match &outcome.result {
-            KillResult::Refused(e) | KillResult::Failed(e) | KillResult::Unknown(e) => Some(e.clone()),
+            KillResult::Refused(e) | KillResult::Failed(e) | KillResult::Unknown(e) => {
+                Some(e.clone())
+            }
             _ => None,
         },
         reason: match &outcome.result {
@@ -268,7 +305,12 @@ pub fn outcome_record(intent: Record, outcome: &KillOutcome, at: chrono::DateTim
     }
 }
 
-fn subject<'a>(target: &'a str, policy: &'a Policy, s: &'a Session, fp: &mut Fingerprinter) -> Subject<'a> {
+fn subject<'a>(
+    target: &'a str,
+    policy: &'a Policy,
+    s: &'a Session,
+    fp: &mut Fingerprinter,
+) -> Subject<'a> {
     Subject {
         target,
         policy: &policy.name,
@@ -289,6 +331,10 @@ pub fn describe(s: &Session) -> String {
     if let Some(db) = &s.db {
         out.push_str(&format!(" db={db}"));
     }
-    out.push_str(&format!(" {} {}", s.command, crate::core::policy::format_ms(s.time_ms)));
+    out.push_str(&format!(
+        " {} {}",
+        s.command,
+        crate::core::policy::format_ms(s.time_ms)
+    ));
     out
 }

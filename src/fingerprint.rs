@@ -157,7 +157,10 @@ fn call_name(q: &[u8]) -> Option<&[u8]> {
         return None;
     }
     let name_at = 4 + spaces;
-    let run = rest[name_at..].iter().take_while(|b| !is_space(**b)).count();
+    let run = rest[name_at..]
+        .iter()
+        .take_while(|b| !is_space(**b))
+        .count();
     // `\S+` is greedy and backtracks to the last `(` of the run, leaving it at least one byte.
     let paren = rest[name_at + 1..name_at + run.max(1)]
         .iter()
@@ -675,28 +678,63 @@ mod tests {
     #[test]
     fn examples_from_the_corpus_readme() {
         assert_eq!(
-            fingerprint("Select * From Users Where Id In (1,2) Order By Name Asc Limit 5 Offset 10"),
+            fingerprint(
+                "Select * From Users Where Id In (1,2) Order By Name Asc Limit 5 Offset 10"
+            ),
             "select * from users where id in(?+) order by name limit ?"
         );
         assert_eq!(
-            fingerprint("INSERT INTO counters (id, hits) VALUES (1, 1), (2, 1) ON DUPLICATE KEY UPDATE hits = VALUES(hits)"),
+            fingerprint(
+                "INSERT INTO counters (id, hits) VALUES (1, 1), (2, 1) ON DUPLICATE KEY UPDATE hits = VALUES(hits)"
+            ),
             "insert into counters (id, hits) values(?+)"
         );
-        assert_eq!(fingerprint("CALL process_order(1001, 'express')"), "call process_order");
+        assert_eq!(
+            fingerprint("CALL process_order(1001, 'express')"),
+            "call process_order"
+        );
     }
 
     #[test]
     fn improves_on_pt_fingerprint_where_it_is_plainly_wrong() {
         assert_eq!(fingerprint("SELECT 'O''Brien'"), "select ?");
-        assert_eq!(fingerprint("UPDATE a SET balance = balance - 10"), "update a set balance = balance - ?");
-        assert_eq!(fingerprint("SELECT 1E10, 0xFF, X'AB', B'01'"), "select ?, ?, ?, ?");
-        assert_eq!(fingerprint("SELECT t1.id FROM tab1"), "select t?.id from tab?");
+        assert_eq!(
+            fingerprint("UPDATE a SET balance = balance - 10"),
+            "update a set balance = balance - ?"
+        );
+        assert_eq!(
+            fingerprint("SELECT 1E10, 0xFF, X'AB', B'01'"),
+            "select ?, ?, ?, ?"
+        );
+        assert_eq!(
+            fingerprint("SELECT t1.id FROM tab1"),
+            "select t?.id from tab?"
+        );
         assert_eq!(fingerprint("SET NAMES utf8mb4"), "set names utf?mb?");
     }
 
     #[test]
     fn garbage_does_not_panic() {
-        for sql in ["", "'", "\"", "/*", "/**/", "--", "#", "call", "call (", "insert into", "insert into x values (", "select union", "select  union select ", "order by ", "limit ?", "\\", "x'", "\u{0}\u{7f}é'"] {
+        for sql in [
+            "",
+            "'",
+            "\"",
+            "/*",
+            "/**/",
+            "--",
+            "#",
+            "call",
+            "call (",
+            "insert into",
+            "insert into x values (",
+            "select union",
+            "select  union select ",
+            "order by ",
+            "limit ?",
+            "\\",
+            "x'",
+            "\u{0}\u{7f}é'",
+        ] {
             let _ = fingerprint(sql);
         }
     }

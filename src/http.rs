@@ -32,13 +32,20 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, mut stop: watch::
             }
         }
     };
-    if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(shutdown).await {
+    if let Err(e) = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+    {
         tracing::error!("HTTP server failed: {e}");
     }
 }
 
 async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
-    ([(header::CONTENT_TYPE, CONTENT_TYPE)], shared.metrics.render()).into_response()
+    (
+        [(header::CONTENT_TYPE, CONTENT_TYPE)],
+        shared.metrics.render(),
+    )
+        .into_response()
 }
 
 async fn healthz() -> &'static str {
@@ -48,7 +55,11 @@ async fn healthz() -> &'static str {
 async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
     let why = shared.not_ready();
     let body = serde_json::json!({ "ready": why.is_empty(), "not_ready": why });
-    let code = if why.is_empty() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let code = if why.is_empty() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     (code, axum::Json(body)).into_response()
 }
 

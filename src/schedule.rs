@@ -46,7 +46,11 @@ impl fmt::Display for Zone {
 #[derive(Debug, Clone)]
 pub enum Schedule {
     Every(Duration),
-    Cron { line: String, cron: Box<Cron>, zone: Zone },
+    Cron {
+        line: String,
+        cron: Box<Cron>,
+        zone: Zone,
+    },
 }
 
 /// The shortest interval we accept: below it the processlist query itself
@@ -59,7 +63,10 @@ impl Schedule {
         let t = text.trim();
         if let Some(rest) = t.strip_prefix("every ") {
             let d = parse_duration(rest).map_err(|e| {
-                (e, "write `every 250ms`, `every 5s` or `every 1m`".to_owned())
+                (
+                    format!("schedule `{t}`: {e}"),
+                    "write `every 250ms`, `every 5s` or `every 1m`".to_owned(),
+                )
             })?;
             if d < MIN_INTERVAL {
                 return Err((
@@ -72,7 +79,9 @@ impl Schedule {
         let fields = t.split_whitespace().count();
         if fields == 5 {
             return Err((
-                format!("cron line `{t}` has 5 fields; session-reaper reads 6, starting with seconds"),
+                format!(
+                    "cron line `{t}` has 5 fields; session-reaper reads 6, starting with seconds"
+                ),
                 format!("write `0 {t}` to run at second 0"),
             ));
         }
@@ -137,7 +146,9 @@ mod tests {
 
     #[test]
     fn every_parses_intervals() {
-        assert!(matches!(Schedule::parse("every 250ms", Zone::Local), Ok(Schedule::Every(d)) if d == Duration::from_millis(250)));
+        assert!(
+            matches!(Schedule::parse("every 250ms", Zone::Local), Ok(Schedule::Every(d)) if d == Duration::from_millis(250))
+        );
         assert!(Schedule::parse("every 5ms", Zone::Local).is_err());
         assert!(Schedule::parse("every", Zone::Local).is_err());
         assert!(Schedule::parse("every five seconds", Zone::Local).is_err());
@@ -158,15 +169,24 @@ mod tests {
         let s = Schedule::parse("0 30 2 * * *", zone).unwrap();
         // 02:30 in Shanghai is 18:30 UTC the day before.
         let after = Utc.with_ymd_and_hms(2026, 11, 25, 12, 0, 0).unwrap();
-        assert_eq!(s.next_after(after), Some(Utc.with_ymd_and_hms(2026, 11, 25, 18, 30, 0).unwrap()));
+        assert_eq!(
+            s.next_after(after),
+            Some(Utc.with_ymd_and_hms(2026, 11, 25, 18, 30, 0).unwrap())
+        );
     }
 
     #[test]
     fn cron_with_seconds_ticks_every_ten_seconds() {
         let s = Schedule::parse("*/10 * * * * *", Zone::Named(chrono_tz::UTC)).unwrap();
         let after = Utc.with_ymd_and_hms(2026, 11, 25, 12, 0, 3).unwrap();
-        assert_eq!(s.next_after(after), Some(Utc.with_ymd_and_hms(2026, 11, 25, 12, 0, 10).unwrap()));
+        assert_eq!(
+            s.next_after(after),
+            Some(Utc.with_ymd_and_hms(2026, 11, 25, 12, 0, 10).unwrap())
+        );
         let on = Utc.with_ymd_and_hms(2026, 11, 25, 12, 0, 10).unwrap();
-        assert_eq!(s.next_after(on), Some(Utc.with_ymd_and_hms(2026, 11, 25, 12, 0, 20).unwrap()));
+        assert_eq!(
+            s.next_after(on),
+            Some(Utc.with_ymd_and_hms(2026, 11, 25, 12, 0, 20).unwrap())
+        );
     }
 }

@@ -1,7 +1,7 @@
 //! Every row of Percona's pt-fingerprint corpus (`tests/data/fingerprint_cases.tsv`,
 //! copied from `shared/fingerprint/`) must fingerprint exactly as pt-fingerprint did.
 
-use session_reaper::fingerprint::{fingerprint, Fingerprinter};
+use session_reaper::fingerprint::{Fingerprinter, fingerprint};
 
 /// Rows where we knowingly differ from pt-fingerprint, with the reason. Empty: we agree
 /// with every row of the corpus.
@@ -52,13 +52,24 @@ fn agrees_with_pt_fingerprint_on_every_case() {
             ));
         }
     }
-    assert!(failures.is_empty(), "{} of {} cases differ:\n{}", failures.len(), cases.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases differ:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
 }
 
 #[test]
 fn a_reused_fingerprinter_gives_the_same_answers() {
     let mut fp = Fingerprinter::default();
     for case in cases().iter().rev() {
-        assert_eq!(fp.fingerprint(&case.sql), fingerprint(&case.sql), "{}", case.id);
+        assert_eq!(
+            fp.fingerprint(&case.sql),
+            fingerprint(&case.sql),
+            "{}",
+            case.id
+        );
     }
 }

@@ -18,7 +18,9 @@ fn provider(setup: &Setup, db: &MariaDb, reaper: &support::User) -> Arc<dyn Prov
     let target = setup.mysql_target("db", db, reaper);
     let path = setup.config(&format!("targets:\n{target}"));
     let config = config::load(&path).expect("valid config");
-    config.targets[0].factory.build("db", Arc::new(Metrics::new()))
+    config.targets[0]
+        .factory
+        .build("db", Arc::new(Metrics::new()))
 }
 
 fn identity(req: &KillRequest, fresh: Option<&Session>) -> Recheck {
@@ -43,11 +45,13 @@ async fn snapshot_reads_mariadb_millisecond_times_query_ids_and_transactions() {
     let _idle = db.open_idle(&app, 2).await;
     let mut in_trx = db.connect(&app.name, &app.password).await.unwrap();
     in_trx
-        .query_drop(format!("START TRANSACTION WITH CONSISTENT SNAPSHOT"))
+        .query_drop("START TRANSACTION WITH CONSISTENT SNAPSHOT")
         .await
         .unwrap();
     in_trx
-        .query_drop(format!("SELECT * FROM `{dbname}`.t WHERE id = 1 FOR UPDATE"))
+        .query_drop(format!(
+            "SELECT * FROM `{dbname}`.t WHERE id = 1 FOR UPDATE"
+        ))
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_millis(1300)).await;
@@ -75,7 +79,10 @@ async fn snapshot_reads_mariadb_millisecond_times_query_ids_and_transactions() {
     let age = with_trx[0].trx.as_ref().unwrap().age_ms;
     // trx_started has whole seconds: the age read is at most the real age minus
     // what the truncation can hide, never more than the real age.
-    assert!(age <= 1300 + 50, "transaction age {age} ms is more than it can be");
+    assert!(
+        age <= 1300 + 50,
+        "transaction age {age} ms is more than it can be"
+    );
     // Our own connection is listed as ours.
     let reaper_sessions: Vec<&Session> = snap
         .sessions
@@ -84,7 +91,11 @@ async fn snapshot_reads_mariadb_millisecond_times_query_ids_and_transactions() {
         .collect();
     assert!(!reaper_sessions.is_empty());
     for s in reaper_sessions {
-        assert!(snap.own_connection_ids.contains(&s.id), "session {} is ours", s.id);
+        assert!(
+            snap.own_connection_ids.contains(&s.id),
+            "session {} is ours",
+            s.id
+        );
     }
 }
 
@@ -102,7 +113,11 @@ async fn snapshot_without_sql_or_transactions_when_not_wanted() {
         .await
         .expect("snapshot");
     assert!(!snap.transactions);
-    assert!(snap.sessions.iter().all(|s| s.sql.is_none() && s.trx.is_none()));
+    assert!(
+        snap.sessions
+            .iter()
+            .all(|s| s.sql.is_none() && s.trx.is_none())
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -130,10 +145,22 @@ async fn kill_ends_the_connection_and_reports_gone_for_a_second_try() {
         outcomes.iter().all(|o| o.result == KillResult::Killed),
         "{outcomes:?}"
     );
-    assert!(outcomes.iter().all(|o| o.rechecked_at.is_some() && o.sent_at.is_some()));
-    assert!(wait_until(Duration::from_secs(5), || async { db.ids_of(&app.name).await.is_empty() }).await);
+    assert!(
+        outcomes
+            .iter()
+            .all(|o| o.rechecked_at.is_some() && o.sent_at.is_some())
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || async {
+            db.ids_of(&app.name).await.is_empty()
+        })
+        .await
+    );
     let again = p.kill(&victims, &identity).await;
-    assert!(again.iter().all(|o| o.result == KillResult::Gone), "{again:?}");
+    assert!(
+        again.iter().all(|o| o.result == KillResult::Gone),
+        "{again:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -170,7 +197,11 @@ async fn kill_is_skipped_when_the_id_now_belongs_to_another_user() {
         other => panic!("expected changed, got {other:?}"),
     }
     assert!(outcomes[0].sent_at.is_none(), "no kill was sent");
-    assert_eq!(db.ids_of(&other.name).await, vec![real.id], "the session lives");
+    assert_eq!(
+        db.ids_of(&other.name).await,
+        vec![real.id],
+        "the session lives"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -216,7 +247,10 @@ async fn kill_query_on_mariadb_ends_only_the_matched_statement() {
         .unwrap();
     // SLEEP() interrupted returns 1 (MariaDB) or an error: either way it is over.
     let _ = result;
-    let one: Option<u64> = conn.query_first("SELECT 1").await.expect("the connection lives");
+    let one: Option<u64> = conn
+        .query_first("SELECT 1")
+        .await
+        .expect("the connection lives");
     assert_eq!(one, Some(1));
 
     // A statement that finished is not hit: its query id is gone.
@@ -243,17 +277,31 @@ async fn kill_query_on_mariadb_ends_only_the_matched_statement() {
 async fn an_unreachable_server_is_an_error_without_the_password() {
     let setup = Setup::new();
     let secret = setup.secret("pw", "s3cret-never-shown");
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let path = setup.config(&format!(
         "targets:\n  - name: gone\n    provider: mysql\n    url: mysql://reaper@127.0.0.1:{port}\n    password: {{file: {}}}\n    timeout: 1s\n",
         secret.display()
     ));
     let config = config::load(&path).unwrap();
-    let p = config.targets[0].factory.build("gone", Arc::new(Metrics::new()));
-    let err = p.snapshot(&Want::everything()).await.unwrap_err().to_string();
+    let p = config.targets[0]
+        .factory
+        .build("gone", Arc::new(Metrics::new()));
+    let err = p
+        .snapshot(&Want::everything())
+        .await
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("cannot connect to gone"), "{err}");
     assert!(!err.contains("s3cret"), "{err}");
     // The next attempt waits for the backoff instead of hammering the server.
-    let err2 = p.snapshot(&Want::everything()).await.unwrap_err().to_string();
+    let err2 = p
+        .snapshot(&Want::everything())
+        .await
+        .unwrap_err()
+        .to_string();
     assert!(err2.contains("next attempt in"), "{err2}");
 }

@@ -130,7 +130,10 @@ pub fn main() -> ExitCode {
         Command::Fingerprint { batch } => fingerprint(batch),
         Command::Check { config } => check(&config),
         command => {
-            let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
                 Ok(r) => r,
                 Err(e) => {
                     eprintln!("error: cannot start the async runtime: {e}");
@@ -161,7 +164,11 @@ async fn run_async(command: Command) -> ExitCode {
             init_logging_quiet();
             plan_command(&config, target.as_deref(), snapshot.as_deref(), format).await
         }
-        Command::Sessions { config, target, format } => {
+        Command::Sessions {
+            config,
+            target,
+            format,
+        } => {
             init_logging_quiet();
             sessions(&config, &target, format).await
         }
@@ -188,7 +195,9 @@ async fn run_async(command: Command) -> ExitCode {
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("SESSION_REAPER_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
@@ -214,7 +223,11 @@ fn check(path: &Path) -> ExitCode {
             for w in &c.warnings {
                 eprintln!("warning: {w}");
             }
-            let enforce = c.policies.iter().filter(|p| p.mode == crate::core::policy::Mode::Enforce).count();
+            let enforce = c
+                .policies
+                .iter()
+                .filter(|p| p.mode == crate::core::policy::Mode::Enforce)
+                .count();
             println!(
                 "{}: ok: {} target{}, {} polic{} ({} enforce, {} dry-run)",
                 path.display(),
@@ -267,11 +280,20 @@ async fn run(path: &Path, listen: Option<std::net::SocketAddr>) -> anyhow::Resul
 fn target<'c>(config: &'c Config, name: &str) -> anyhow::Result<&'c Target> {
     config.target(name).ok_or_else(|| {
         let names: Vec<&str> = config.targets.iter().map(|t| t.name.as_str()).collect();
-        anyhow::anyhow!("no target named `{name}` in {}; targets: {}", config.path.display(), names.join(", "))
+        anyhow::anyhow!(
+            "no target named `{name}` in {}; targets: {}",
+            config.path.display(),
+            names.join(", ")
+        )
     })
 }
 
-async fn plan_command(path: &Path, only: Option<&str>, snapshot: Option<&Path>, format: Format) -> anyhow::Result<ExitCode> {
+async fn plan_command(
+    path: &Path,
+    only: Option<&str>,
+    snapshot: Option<&Path>,
+    format: Format,
+) -> anyhow::Result<ExitCode> {
     let config = load(path)?;
     let metrics = Arc::new(Metrics::new());
     let recorded = match snapshot {
@@ -303,7 +325,12 @@ async fn plan_command(path: &Path, only: Option<&str>, snapshot: Option<&Path>, 
                 s.target = t.name.clone();
                 Ok(s)
             }
-            None => t.factory.build(&t.name, metrics.clone()).snapshot(&Want::everything()).await,
+            None => {
+                t.factory
+                    .build(&t.name, metrics.clone())
+                    .snapshot(&Want::everything())
+                    .await
+            }
         };
         match snap {
             Ok(s) => {
@@ -330,7 +357,11 @@ async fn plan_command(path: &Path, only: Option<&str>, snapshot: Option<&Path>, 
         Format::Json => render::plan_json(&out),
     };
     print!("{text}");
-    Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 async fn sessions(path: &Path, name: &str, format: Format) -> anyhow::Result<ExitCode> {
@@ -351,14 +382,22 @@ async fn kill(path: &Path, name: &str, query: bool, ids: &[u64]) -> anyhow::Resu
     let metrics = Arc::new(Metrics::new());
     let provider: Arc<dyn Provider> = t.factory.build(&t.name, metrics.clone());
     let snapshot: Snapshot = provider.snapshot(&Want::everything()).await?;
-    let action = if query { Action::KillQuery } else { Action::Kill };
+    let action = if query {
+        Action::KillQuery
+    } else {
+        Action::Kill
+    };
     if query && !t.factory.capabilities().kill_query {
-        anyhow::bail!("target {name} (provider {}) cannot end a statement alone; drop --query", t.provider);
+        anyhow::bail!(
+            "target {name} (provider {}) cannot end a statement alone; drop --query",
+            t.provider
+        );
     }
     let manual: Policy = crate::core::plan::manual_policy(action, &config.ignored_users);
     let protected = t.protected();
     let policies = [&manual];
-    let (mut p, refusals) = crate::core::plan::plan_manual(&snapshot, ids, &manual, &protected, chrono::Utc::now());
+    let (mut p, refusals) =
+        crate::core::plan::plan_manual(&snapshot, ids, &manual, &protected, chrono::Utc::now());
     if !t.factory.capabilities().kills {
         p.downgrade_kills();
     }
@@ -392,12 +431,19 @@ async fn kill(path: &Path, name: &str, query: bool, ids: &[u64]) -> anyhow::Resu
         }
     }
     if report.would_kill > 0 {
-        println!("{} session(s) would be killed: target {name} is a replay", report.would_kill);
+        println!(
+            "{} session(s) would be killed: target {name} is a replay",
+            report.would_kill
+        );
     }
     if report.not_killed > 0 {
         ok = false;
     }
-    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 fn fingerprint(batch: bool) -> ExitCode {
@@ -432,7 +478,8 @@ fn fingerprint(batch: bool) -> ExitCode {
         }
         match serde_json::from_slice::<String>(&line) {
             Ok(sql) => {
-                let encoded = serde_json::to_string(fp.fingerprint(&sql)).unwrap_or_else(|_| "null".to_owned());
+                let encoded = serde_json::to_string(fp.fingerprint(&sql))
+                    .unwrap_or_else(|_| "null".to_owned());
                 if writeln!(out, "{encoded}").is_err() {
                     return ExitCode::FAILURE;
                 }

@@ -46,7 +46,12 @@ fn who(s: &Session) -> String {
     crate::executor::describe(s)
 }
 
-const ORDER: [Verdict; 4] = [Verdict::Kill, Verdict::KillQuery, Verdict::WouldKill, Verdict::Spared];
+const ORDER: [Verdict; 4] = [
+    Verdict::Kill,
+    Verdict::KillQuery,
+    Verdict::WouldKill,
+    Verdict::Spared,
+];
 
 pub fn plan_text(targets: &[TargetPlan<'_>]) -> String {
     let mut out = String::new();
@@ -70,7 +75,11 @@ pub fn plan_text(targets: &[TargetPlan<'_>]) -> String {
         );
         let protected = t.protected();
         if !protected.accounts.is_empty() {
-            let _ = writeln!(out, "  protected accounts: {}", protected.accounts.join(", "));
+            let _ = writeln!(
+                out,
+                "  protected accounts: {}",
+                protected.accounts.join(", ")
+            );
         }
         if let Some(b) = &tp.plan.blocked {
             let _ = writeln!(out, "  NO KILLS: {b}");
@@ -83,7 +92,10 @@ pub fn plan_text(targets: &[TargetPlan<'_>]) -> String {
             for i in rows {
                 let session = &s.sessions[i];
                 let d = &tp.plan.decisions[i];
-                let policy = d.policy.map(|p| format!("[{}] ", tp.policies[p].name)).unwrap_or_default();
+                let policy = d
+                    .policy
+                    .map(|p| format!("[{}] ", tp.policies[p].name))
+                    .unwrap_or_default();
                 let _ = writeln!(
                     out,
                     "  {:<11} #{:<8} {:<44} {policy}{}",
@@ -94,9 +106,19 @@ pub fn plan_text(targets: &[TargetPlan<'_>]) -> String {
                 );
             }
         }
-        let no_match = tp.plan.decisions.iter().filter(|d| d.verdict == Verdict::NoMatch).count();
+        let no_match = tp
+            .plan
+            .decisions
+            .iter()
+            .filter(|d| d.verdict == Verdict::NoMatch)
+            .count();
         if no_match > 0 {
-            let _ = writeln!(out, "  {:<11} {no_match} session{}", "no-match", if no_match == 1 { "" } else { "s" });
+            let _ = writeln!(
+                out,
+                "  {:<11} {no_match} session{}",
+                "no-match",
+                if no_match == 1 { "" } else { "s" }
+            );
         }
         if tp.policies.is_empty() {
             let _ = writeln!(out, "  no policy applies to this target");
@@ -112,7 +134,13 @@ pub fn plan_text(targets: &[TargetPlan<'_>]) -> String {
                 .plan
                 .decisions
                 .iter()
-                .filter(|d| d.policy == Some(run.policy) && matches!(d.verdict, Verdict::Kill | Verdict::KillQuery | Verdict::WouldKill))
+                .filter(|d| {
+                    d.policy == Some(run.policy)
+                        && matches!(
+                            d.verdict,
+                            Verdict::Kill | Verdict::KillQuery | Verdict::WouldKill
+                        )
+                })
                 .count();
             let _ = writeln!(
                 out,
@@ -222,7 +250,11 @@ pub fn sessions_text(s: &Snapshot) -> String {
             .map(|c| if c.is_control() { ' ' } else { c })
             .take(60)
             .collect();
-        let own = if s.own_connection_ids.contains(&x.id) { " (us)" } else { "" };
+        let own = if s.own_connection_ids.contains(&x.id) {
+            " (us)"
+        } else {
+            ""
+        };
         let _ = writeln!(
             out,
             "{:>10}  {:<16} {:<22} {:<12} {:<12} {:>10}  {:<6} {sql}{own}",
@@ -232,7 +264,10 @@ pub fn sessions_text(s: &Snapshot) -> String {
             x.db.as_deref().unwrap_or(""),
             x.command,
             format_ms(x.time_ms),
-            x.trx.as_ref().map(|t| format_ms(t.age_ms)).unwrap_or_default(),
+            x.trx
+                .as_ref()
+                .map(|t| format_ms(t.age_ms))
+                .unwrap_or_default(),
         );
     }
     out

@@ -47,7 +47,11 @@ impl fmt::Display for ConfigErrors {
             writeln!(f, "{e}")?;
         }
         let n = self.0.len();
-        write!(f, "{n} error{} in the configuration", if n == 1 { "" } else { "s" })
+        write!(
+            f,
+            "{n} error{} in the configuration",
+            if n == 1 { "" } else { "s" }
+        )
     }
 }
 

@@ -75,7 +75,10 @@ impl Config {
 
     /// The policies that run on `target`.
     pub fn policies_for(&self, target: &str) -> Vec<&Policy> {
-        self.policies.iter().filter(|p| p.applies_to(target)).collect()
+        self.policies
+            .iter()
+            .filter(|p| p.applies_to(target))
+            .collect()
     }
 
     pub fn audit_path(&self) -> PathBuf {
@@ -185,7 +188,11 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
         }
     };
     let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
-    let base = if base.as_os_str().is_empty() { PathBuf::from(".") } else { base };
+    let base = if base.as_os_str().is_empty() {
+        PathBuf::from(".")
+    } else {
+        base
+    };
     let Some(root) = doc.parse(&text) else {
         return Err(ConfigErrors::sorted(doc.into_errors()));
     };
@@ -219,7 +226,10 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
                 config.policies_dir.display(),
                 io_reason(&e)
             ),
-            Some("create the directory, or point `policies_dir` at the directory of policy files".to_owned()),
+            Some(
+                "create the directory, or point `policies_dir` at the directory of policy files"
+                    .to_owned(),
+            ),
         ),
     }
     files.sort();
@@ -274,7 +284,11 @@ fn io_reason(e: &std::io::Error) -> String {
 
 fn resolve(base: &Path, p: &str) -> PathBuf {
     let p = Path::new(p);
-    if p.is_absolute() { p.to_owned() } else { base.join(p) }
+    if p.is_absolute() {
+        p.to_owned()
+    } else {
+        base.join(p)
+    }
 }
 
 fn read_config(doc: &Doc, root: &Spanned<Node>, base: &Path) -> Option<(Config, Pos)> {
@@ -308,19 +322,35 @@ fn read_config(doc: &Doc, root: &Spanned<Node>, base: &Path) -> Option<(Config, 
         .get("policies_dir")
         .and_then(|v| v.name().map(|s| resolve(base, s)))
         .unwrap_or_else(|| base.join("policies"));
-    let policies_pos = map.get("policies_dir").map(|v| v.pos()).unwrap_or(map.pos());
-    let ignored_users = map.get("ignored_users").map(|v| globs(&v, false)).unwrap_or_default();
-    let timezone = map.get("timezone").and_then(|v| zone(&v)).unwrap_or_default();
+    let policies_pos = map
+        .get("policies_dir")
+        .map(|v| v.pos())
+        .unwrap_or(map.pos());
+    let ignored_users = map
+        .get("ignored_users")
+        .map(|v| globs(&v, false))
+        .unwrap_or_default();
+    let timezone = map
+        .get("timezone")
+        .and_then(|v| zone(&v))
+        .unwrap_or_default();
     let mut targets = Vec::new();
     if let Some(list) = map.require("targets").and_then(|v| v.list()) {
         if list.is_empty() {
-            doc.error_at(map.key_pos("targets"), "`targets` is empty", Some("name at least one target".to_owned()));
+            doc.error_at(
+                map.key_pos("targets"),
+                "`targets` is empty",
+                Some("name at least one target".to_owned()),
+            );
         }
         let mut seen = HashSet::new();
         for item in list {
             if let Some(t) = read_target(&item, base) {
                 if !seen.insert(t.name.clone()) {
-                    item.error(format!("a target named `{}` is defined twice", t.name), Some("target names must be unique".to_owned()));
+                    item.error(
+                        format!("a target named `{}` is defined twice", t.name),
+                        Some("target names must be unique".to_owned()),
+                    );
                 } else {
                     targets.push(t);
                 }
@@ -358,7 +388,13 @@ fn globs(v: &Value<'_>, case_insensitive: bool) -> Vec<Glob> {
     v.strings()
         .unwrap_or_default()
         .into_iter()
-        .map(|(s, _)| if case_insensitive { Glob::new_case_insensitive(&s) } else { Glob::new(&s) })
+        .map(|(s, _)| {
+            if case_insensitive {
+                Glob::new_case_insensitive(&s)
+            } else {
+                Glob::new(&s)
+            }
+        })
         .collect()
 }
 
@@ -368,10 +404,13 @@ fn read_target(item: &Value<'_>, base: &Path) -> Option<Target> {
         item.map(&[])?;
         return None;
     };
-    let provider_name = entries.iter().find(|(k, _)| k.value == "provider").and_then(|(_, v)| match &v.value {
-        Node::Str(s) => Some(s.as_str()),
-        _ => None,
-    });
+    let provider_name = entries
+        .iter()
+        .find(|(k, _)| k.value == "provider")
+        .and_then(|(_, v)| match &v.value {
+            Node::Str(s) => Some(s.as_str()),
+            _ => None,
+        });
     let spec = provider_name.and_then(providers::spec);
     let mut keys: Vec<&str> = TARGET_KEYS.to_vec();
     if let Some(spec) = spec {
@@ -384,7 +423,9 @@ fn read_target(item: &Value<'_>, base: &Path) -> Option<Target> {
         }
     }
     let map = item.map(&keys)?;
-    let name = map.require("name").and_then(|v| v.name().map(str::to_owned));
+    let name = map
+        .require("name")
+        .and_then(|v| v.name().map(str::to_owned));
     let provider = map.require("provider")?;
     let Some(spec) = spec else {
         let given = provider.str()?;
@@ -421,13 +462,21 @@ fn read_policy_file(doc: &Doc, file: &Path, config: &Config) -> Option<Policy> {
     let text = match std::fs::read_to_string(file) {
         Ok(t) => t,
         Err(e) => {
-            doc.error_at(Pos { line: 1, column: 1 }, format!("cannot read the policy file: {}", io_reason(&e)), None);
+            doc.error_at(
+                Pos { line: 1, column: 1 },
+                format!("cannot read the policy file: {}", io_reason(&e)),
+                None,
+            );
             return None;
         }
     };
     let root = doc.parse(&text)?;
     if matches!(root.value, Node::Null) {
-        doc.error_at(Pos { line: 1, column: 1 }, "the policy file is empty", Some("see policies/ for examples".to_owned()));
+        doc.error_at(
+            Pos { line: 1, column: 1 },
+            "the policy file is empty",
+            Some("see policies/ for examples".to_owned()),
+        );
         return None;
     }
     let map = doc.value(&root, "").map(POLICY_KEYS)?;
@@ -436,7 +485,9 @@ fn read_policy_file(doc: &Doc, file: &Path, config: &Config) -> Option<Policy> {
 
 /// Reads one policy mapping (also used by tests on inline YAML).
 pub fn read_policy(map: &Map<'_>, file: &Path, config: &Config) -> Option<Policy> {
-    let name = map.require("name").and_then(|v| v.name().map(str::to_owned));
+    let name = map
+        .require("name")
+        .and_then(|v| v.name().map(str::to_owned));
     let targets: Vec<Glob> = match map.get("targets") {
         None => Vec::new(),
         Some(v) => {
@@ -449,13 +500,20 @@ pub fn read_policy(map: &Map<'_>, file: &Path, config: &Config) -> Option<Policy
                         Some(n) => format!("did you mean `{n}`?"),
                         None => format!("targets: {}", names.join(", ")),
                     };
-                    map.doc().error_at(*pos, format!("unknown target: `{pattern}` matches no target"), Some(hint));
+                    map.doc().error_at(
+                        *pos,
+                        format!("unknown target: `{pattern}` matches no target"),
+                        Some(hint),
+                    );
                 }
             }
             items.iter().map(|(s, _)| Glob::new(s)).collect()
         }
     };
-    let zone = map.get("timezone").and_then(|v| zone(&v)).unwrap_or(config.timezone);
+    let zone = map
+        .get("timezone")
+        .and_then(|v| zone(&v))
+        .unwrap_or(config.timezone);
     let schedule = map.require("schedule").and_then(|v| {
         let s = v.str()?;
         match Schedule::parse(s, zone) {
@@ -472,13 +530,20 @@ pub fn read_policy(map: &Map<'_>, file: &Path, config: &Config) -> Option<Policy
     };
     let action = match map.get("action") {
         None => Some(Action::Kill),
-        Some(v) => choice(&v, &[("kill", Action::Kill), ("kill-query", Action::KillQuery)]),
+        Some(v) => choice(
+            &v,
+            &[("kill", Action::Kill), ("kill-query", Action::KillQuery)],
+        ),
     };
     let victims = match map.get("victims") {
         None => Some(Victims::All),
         Some(v) => choice(
             &v,
-            &[("all", Victims::All), ("oldest", Victims::Oldest), ("all-but-oldest", Victims::AllButOldest)],
+            &[
+                ("all", Victims::All),
+                ("oldest", Victims::Oldest),
+                ("all-but-oldest", Victims::AllButOldest),
+            ],
         ),
     };
     let matcher = map.require("match").and_then(|v| read_match(&v));
@@ -505,17 +570,36 @@ pub fn read_policy(map: &Map<'_>, file: &Path, config: &Config) -> Option<Policy
             .collect();
         if !without.is_empty() {
             v.error(
-                format!("`kill-query` is not possible on {} (provider {})", without.join(", "), applies.iter().find(|t| t.name == without[0]).map(|t| t.provider).unwrap_or("")),
-                Some("cloud APIs end whole sessions: use `action: kill`, or narrow `targets`".to_owned()),
+                format!(
+                    "`kill-query` is not possible on {} (provider {})",
+                    without.join(", "),
+                    applies
+                        .iter()
+                        .find(|t| t.name == without[0])
+                        .map(|t| t.provider)
+                        .unwrap_or("")
+                ),
+                Some(
+                    "cloud APIs end whole sessions: use `action: kill`, or narrow `targets`"
+                        .to_owned(),
+                ),
             );
         }
     }
     if let Some(m) = &matcher
         && m.needs_transactions()
     {
-        let without: Vec<&Target> = applies.iter().copied().filter(|t| !t.factory.capabilities().transactions).collect();
+        let without: Vec<&Target> = applies
+            .iter()
+            .copied()
+            .filter(|t| !t.factory.capabilities().transactions)
+            .collect();
         if let Some(first) = without.first() {
-            let key = if m.in_transaction.is_some() { "in_transaction" } else { "min_trx_time" };
+            let key = if m.in_transaction.is_some() {
+                "in_transaction"
+            } else {
+                "min_trx_time"
+            };
             let pos = map.get("match").map(|v| v.pos()).unwrap_or(map.pos());
             map.doc().error_at(
                 pos,
@@ -537,7 +621,9 @@ pub fn read_policy(map: &Map<'_>, file: &Path, config: &Config) -> Option<Policy
         victims: victims?,
         limits: limits?,
         ignored_users,
-        origin: Origin { file: file.to_owned() },
+        origin: Origin {
+            file: file.to_owned(),
+        },
     })
 }
 
@@ -579,26 +665,38 @@ fn read_match(v: &Value<'_>) -> Option<Match> {
     let template_id = strings("template_id");
     m.user = user.iter().map(|(s, _)| Glob::new(s)).collect();
     m.not_user = not_user.iter().map(|(s, _)| Glob::new(s)).collect();
-    m.host = host.iter().map(|(s, _)| Glob::new_case_insensitive(s)).collect();
+    m.host = host
+        .iter()
+        .map(|(s, _)| Glob::new_case_insensitive(s))
+        .collect();
     m.db = db.iter().map(|(s, _)| Glob::new(s)).collect();
     for (c, pos) in &command {
         if !COMMANDS.iter().any(|k| k.eq_ignore_ascii_case(c)) {
             let hint = match error::nearest(c, COMMANDS) {
                 Some(n) => format!("did you mean `{n}`?"),
-                None => "commands are processlist names such as Sleep, Query, Execute, Connect".to_owned(),
+                None => "commands are processlist names such as Sleep, Query, Execute, Connect"
+                    .to_owned(),
             };
-            map.doc().error_at(*pos, format!("unknown command `{c}`"), Some(hint));
+            map.doc()
+                .error_at(*pos, format!("unknown command `{c}`"), Some(hint));
             ok = false;
         }
     }
-    m.command = command.into_iter().map(|(c, _)| c.to_ascii_lowercase()).collect();
-    m.state = state.into_iter().map(|(s, _)| s.to_ascii_lowercase()).collect();
+    m.command = command
+        .into_iter()
+        .map(|(c, _)| c.to_ascii_lowercase())
+        .collect();
+    m.state = state
+        .into_iter()
+        .map(|(s, _)| s.to_ascii_lowercase())
+        .collect();
     if !sql.is_empty() {
         let mut valid = true;
         for (pattern, pos) in &sql {
             if let Err(e) = regex::Regex::new(pattern) {
                 let detail = e.to_string();
-                let last = detail.lines().last().unwrap_or("").trim().to_owned();
+                let last = detail.lines().last().unwrap_or("").trim();
+                let last = last.strip_prefix("error: ").unwrap_or(last).to_owned();
                 map.doc().error_at(
                     *pos,
                     format!("bad regex in `match.sql`: {last}"),
@@ -664,7 +762,10 @@ fn read_limits(v: &Value<'_>) -> Option<Limits> {
     if let Some(v) = map.get("max_kills_per_run") {
         match v.u64() {
             Some(0) => {
-                v.error("`limits.max_kills_per_run` is 0: every run would open the breaker", Some("to kill nothing, use `mode: dry-run`".to_owned()));
+                v.error(
+                    "`limits.max_kills_per_run` is 0: every run would open the breaker",
+                    Some("to kill nothing, use `mode: dry-run`".to_owned()),
+                );
                 ok = false;
             }
             Some(n) => limits.max_kills_per_run = Some(n),
@@ -675,7 +776,10 @@ fn read_limits(v: &Value<'_>) -> Option<Limits> {
         match v.f64() {
             Some(f) if f > 0.0 && f <= 1.0 => limits.max_kill_fraction = Some(f),
             Some(f) => {
-                v.error(format!("`limits.max_kill_fraction` must be in (0, 1], not {f}"), Some("0.5 means at most half of the target's sessions".to_owned()));
+                v.error(
+                    format!("`limits.max_kill_fraction` must be in (0, 1], not {f}"),
+                    Some("0.5 means at most half of the target's sessions".to_owned()),
+                );
                 ok = false;
             }
             None => ok = false,
@@ -689,4 +793,3 @@ fn read_limits(v: &Value<'_>) -> Option<Limits> {
     }
     ok.then_some(limits)
 }
-

@@ -12,7 +12,10 @@ use super::yaml::{Node, Value};
 pub fn read(value: &Value<'_>, base: &Path) -> Option<SecretString> {
     if let Node::Str(_) = value.node() {
         value.error(
-            format!("`{}` is written inline; secrets are never inline", value.name),
+            format!(
+                "`{}` is written inline; secrets are never inline",
+                value.name
+            ),
             Some("write `{env: VARIABLE}` or `{file: /path/to/secret}`".to_owned()),
         );
         return None;
@@ -26,12 +29,17 @@ pub fn read(value: &Value<'_>, base: &Path) -> Option<SecretString> {
                 Err(std::env::VarError::NotPresent) => {
                     env.error(
                         format!("missing secret: environment variable `{name}` is not set"),
-                        Some(format!("export {name}=... before starting, or use `{{file: ...}}`")),
+                        Some(format!(
+                            "export {name}=... before starting, or use `{{file: ...}}`"
+                        )),
                     );
                     None
                 }
                 Err(std::env::VarError::NotUnicode(_)) => {
-                    env.error(format!("environment variable `{name}` is not valid UTF-8"), None);
+                    env.error(
+                        format!("environment variable `{name}` is not valid UTF-8"),
+                        None,
+                    );
                     None
                 }
             }
@@ -52,13 +60,20 @@ pub fn read(value: &Value<'_>, base: &Path) -> Option<SecretString> {
                         Some(SecretString::from(s))
                     }
                     Err(_) => {
-                        file.error(format!("secret file {} is not valid UTF-8", path.display()), None);
+                        file.error(
+                            format!("secret file {} is not valid UTF-8", path.display()),
+                            None,
+                        );
                         None
                     }
                 },
                 Err(e) => {
                     file.error(
-                        format!("missing secret: cannot read {}: {}", path.display(), e.kind()),
+                        format!(
+                            "missing secret: cannot read {}: {}",
+                            path.display(),
+                            e.kind()
+                        ),
                         Some("check the path and that the daemon's user may read it".to_owned()),
                     );
                     None
@@ -66,7 +81,10 @@ pub fn read(value: &Value<'_>, base: &Path) -> Option<SecretString> {
             }
         }
         (Some(_), Some(_)) => {
-            value.error(format!("`{}` names both `env` and `file`", value.name), Some("keep one".to_owned()));
+            value.error(
+                format!("`{}` names both `env` and `file`", value.name),
+                Some("keep one".to_owned()),
+            );
             None
         }
         (None, None) => {

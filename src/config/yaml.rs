@@ -54,7 +54,9 @@ impl<'de> Deserialize<'de> for Node {
                 Ok(Node::Int(v))
             }
             fn visit_u128<E: de::Error>(self, v: u128) -> Result<Node, E> {
-                i128::try_from(v).map(Node::Int).map_err(|_| E::custom("number too large"))
+                i128::try_from(v)
+                    .map(Node::Int)
+                    .map_err(|_| E::custom("number too large"))
             }
             fn visit_f64<E>(self, v: f64) -> Result<Node, E> {
                 Ok(Node::Float(v))
@@ -213,7 +215,11 @@ impl<'n> Value<'n> {
 
     fn wrong_type(&self, expected: &str, hint: Option<String>) {
         self.error(
-            format!("`{}` must be {expected}, not {}", self.name, self.node.value.kind()),
+            format!(
+                "`{}` must be {expected}, not {}",
+                self.name,
+                self.node.value.kind()
+            ),
             hint,
         );
     }
@@ -279,14 +285,19 @@ impl<'n> Value<'n> {
             Node::Str(s) => match parse_duration(s) {
                 Ok(d) => Some(d),
                 Err(e) => {
-                    self.error(format!("`{}`: {e}", self.name), Some(DURATION_HINT.to_owned()));
+                    self.error(
+                        format!("`{}`: {e}", self.name),
+                        Some(DURATION_HINT.to_owned()),
+                    );
                     None
                 }
             },
             Node::Int(i) => {
                 self.error(
                     format!("`{}` needs a unit", self.name),
-                    Some(format!("write `{i}s` for {i} seconds or `{i}ms` for milliseconds")),
+                    Some(format!(
+                        "write `{i}s` for {i} seconds or `{i}ms` for milliseconds"
+                    )),
                 );
                 None
             }
@@ -311,7 +322,11 @@ impl<'n> Value<'n> {
                         other => {
                             self.doc.error_at(
                                 Pos::of(item),
-                                format!("`{}[{i}]` must be a string, not {}", self.name, other.kind()),
+                                format!(
+                                    "`{}[{i}]` must be a string, not {}",
+                                    self.name,
+                                    other.kind()
+                                ),
                                 None,
                             );
                             ok = false;
@@ -419,7 +434,8 @@ impl<'n> Map<'n> {
     pub fn require(&self, key: &str) -> Option<Value<'n>> {
         let v = self.get(key);
         if v.is_none() {
-            self.doc.error_at(self.pos, format!("missing `{}`", self.path(key)), None);
+            self.doc
+                .error_at(self.pos, format!("missing `{}`", self.path(key)), None);
         }
         v
     }
@@ -460,7 +476,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             return Err(format!("`{text}` is not a duration"));
         }
         let (num, tail) = rest.split_at(num_len);
-        let unit_len = tail.find(|c: char| !c.is_ascii_alphabetic()).unwrap_or(tail.len());
+        let unit_len = tail
+            .find(|c: char| !c.is_ascii_alphabetic())
+            .unwrap_or(tail.len());
         let (unit, tail) = tail.split_at(unit_len);
         let unit_ms: u128 = match unit {
             "ms" => 1,
@@ -484,12 +502,16 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
                 let whole: u128 = if whole.is_empty() {
                     0
                 } else {
-                    whole.parse().map_err(|_| format!("`{text}` is not a duration"))?
+                    whole
+                        .parse()
+                        .map_err(|_| format!("`{text}` is not a duration"))?
                 };
                 let scale = 10u128.pow(frac.len() as u32);
-                let frac: u128 = frac.parse().map_err(|_| format!("`{text}` is not a duration"))?;
+                let frac: u128 = frac
+                    .parse()
+                    .map_err(|_| format!("`{text}` is not a duration"))?;
                 let numer = (whole * scale + frac) * unit_ms;
-                if numer % scale != 0 {
+                if !numer.is_multiple_of(scale) {
                     return Err(format!("`{text}` is finer than a millisecond"));
                 }
                 numer / scale
@@ -525,9 +547,15 @@ mod tests {
             ("0s", 0),
         ];
         for (text, ms) in ok {
-            assert_eq!(parse_duration(text), Ok(Duration::from_millis(ms)), "{text}");
+            assert_eq!(
+                parse_duration(text),
+                Ok(Duration::from_millis(ms)),
+                "{text}"
+            );
         }
-        for bad in ["", "5", "s", "5 s", "1.5ms", "5x", "1..5s", "-1s", "0.0001s"] {
+        for bad in [
+            "", "5", "s", "5 s", "1.5ms", "5x", "1..5s", "-1s", "0.0001s",
+        ] {
             assert!(parse_duration(bad).is_err(), "{bad} should be rejected");
         }
     }

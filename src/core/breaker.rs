@@ -42,7 +42,12 @@ impl Breaker {
     }
 
     /// Feeds one run. A run on stale or partial data leaves the breaker as it is.
-    pub fn observe(&mut self, outcome: &RunOutcome, cooldown: Duration, now: DateTime<Utc>) -> Transition {
+    pub fn observe(
+        &mut self,
+        outcome: &RunOutcome,
+        cooldown: Duration,
+        now: DateTime<Utc>,
+    ) -> Transition {
         match outcome {
             RunOutcome::LimitCrossed(breach) => {
                 self.last_breach_at = Some(now);
@@ -59,12 +64,15 @@ impl Breaker {
                 let Some(since) = self.opened_at else {
                     return Transition::Closed;
                 };
-                let cooled = self
-                    .last_breach_at
-                    .is_none_or(|at| now - at >= chrono::Duration::from_std(cooldown).unwrap_or(chrono::Duration::MAX));
+                let cooled = self.last_breach_at.is_none_or(|at| {
+                    now - at
+                        >= chrono::Duration::from_std(cooldown).unwrap_or(chrono::Duration::MAX)
+                });
                 if matches!(outcome, RunOutcome::Ok) && cooled {
                     *self = Breaker::default();
-                    Transition::Reclosed { was_open_since: since }
+                    Transition::Reclosed {
+                        was_open_since: since,
+                    }
                 } else {
                     Transition::StillOpen { since }
                 }
@@ -98,11 +106,20 @@ mod tests {
         let cooldown = Duration::from_secs(300);
         let mut b = Breaker::default();
         assert_eq!(b.observe(&RunOutcome::Ok, cooldown, t0), Transition::Closed);
-        assert_eq!(b.observe(&RunOutcome::LimitCrossed(breach()), cooldown, t0), Transition::Opened(breach()));
+        assert_eq!(
+            b.observe(&RunOutcome::LimitCrossed(breach()), cooldown, t0),
+            Transition::Opened(breach())
+        );
         let t1 = t0 + chrono::Duration::seconds(60);
-        assert_eq!(b.observe(&RunOutcome::Ok, cooldown, t1), Transition::StillOpen { since: t0 });
+        assert_eq!(
+            b.observe(&RunOutcome::Ok, cooldown, t1),
+            Transition::StillOpen { since: t0 }
+        );
         let t2 = t0 + chrono::Duration::seconds(300);
-        assert_eq!(b.observe(&RunOutcome::Ok, cooldown, t2), Transition::Reclosed { was_open_since: t0 });
+        assert_eq!(
+            b.observe(&RunOutcome::Ok, cooldown, t2),
+            Transition::Reclosed { was_open_since: t0 }
+        );
         assert!(!b.is_open());
     }
 
@@ -113,9 +130,15 @@ mod tests {
         let mut b = Breaker::default();
         b.observe(&RunOutcome::LimitCrossed(breach()), cooldown, t0);
         let t1 = t0 + chrono::Duration::seconds(200);
-        assert_eq!(b.observe(&RunOutcome::LimitCrossed(breach()), cooldown, t1), Transition::StillOpen { since: t0 });
+        assert_eq!(
+            b.observe(&RunOutcome::LimitCrossed(breach()), cooldown, t1),
+            Transition::StillOpen { since: t0 }
+        );
         let t2 = t0 + chrono::Duration::seconds(400);
-        assert_eq!(b.observe(&RunOutcome::Ok, cooldown, t2), Transition::StillOpen { since: t0 });
+        assert_eq!(
+            b.observe(&RunOutcome::Ok, cooldown, t2),
+            Transition::StillOpen { since: t0 }
+        );
         let t3 = t1 + chrono::Duration::seconds(300);
         assert!(b.observe(&RunOutcome::Ok, cooldown, t3).allows_kills());
     }

@@ -187,7 +187,11 @@ mod tests {
             ("é*", "éa", true),
         ];
         for (pattern, text, expected) in cases {
-            assert_eq!(Glob::new(pattern).matches(text), expected, "{pattern} vs {text}");
+            assert_eq!(
+                Glob::new(pattern).matches(text),
+                expected,
+                "{pattern} vs {text}"
+            );
         }
     }
 

@@ -82,7 +82,9 @@ pub enum Spare {
     /// The snapshot may not lead to kills.
     Blocked(Blocked),
     /// The policy's breaker on this target is open.
-    BreakerOpen { since: DateTime<Utc> },
+    BreakerOpen {
+        since: DateTime<Utc>,
+    },
 }
 
 impl Spare {
@@ -142,7 +144,10 @@ impl fmt::Display for LimitBreach {
         if let Some(max) = self.max_kills_per_run
             && self.victims as u64 > max
         {
-            crossed.push(format!("{} victims > max_kills_per_run {max}", self.victims));
+            crossed.push(format!(
+                "{} victims > max_kills_per_run {max}",
+                self.victims
+            ));
         }
         if let Some(max) = self.max_kill_fraction
             && crosses_fraction(self.victims, self.sessions, max)
@@ -194,7 +199,12 @@ impl RunOutcome {
 }
 
 /// Decide, for every session of `snapshot`, what `policies` do to it.
-pub fn plan(snapshot: &Snapshot, policies: &[&Policy], protected: &Protected, now: DateTime<Utc>) -> Plan {
+pub fn plan(
+    snapshot: &Snapshot,
+    policies: &[&Policy],
+    protected: &Protected,
+    now: DateTime<Utc>,
+) -> Plan {
     let n = snapshot.sessions.len();
     let blocked = blocked(snapshot, protected, now);
     let protections: Vec<Option<Protection>> = snapshot
@@ -222,9 +232,11 @@ pub fn plan(snapshot: &Snapshot, policies: &[&Policy], protected: &Protected, no
         let mut matched = 0;
         let mut candidates = Vec::new();
         for (si, session) in snapshot.sessions.iter().enumerate() {
-            let failed = policy.matcher.first_failure(session, snapshot.transactions, &mut |sql| {
-                fingerprints.get(si, sql)
-            });
+            let failed = policy
+                .matcher
+                .first_failure(session, snapshot.transactions, &mut |sql| {
+                    fingerprints.get(si, sql)
+                });
             if failed.is_some() {
                 continue;
             }
@@ -235,14 +247,22 @@ pub fn plan(snapshot: &Snapshot, policies: &[&Policy], protected: &Protected, no
             }
             let user = session.user.as_deref().unwrap_or_default();
             if let Some(glob) = policy.ignores(user) {
-                claim_spared(&mut decisions[si], pi, Some(Spare::IgnoredUser(glob.to_string())));
+                claim_spared(
+                    &mut decisions[si],
+                    pi,
+                    Some(Spare::IgnoredUser(glob.to_string())),
+                );
                 continue;
             }
             candidates.push(si);
         }
         let (victims, not_picked) = pick(&snapshot.sessions, candidates, policy.victims);
         for si in not_picked {
-            claim_spared(&mut decisions[si], pi, Some(Spare::NotPicked(policy.victims)));
+            claim_spared(
+                &mut decisions[si],
+                pi,
+                Some(Spare::NotPicked(policy.victims)),
+            );
         }
         let breach = limit_breach(policy, victims.len(), n);
         let outcome = match (&blocked, breach) {
@@ -304,7 +324,11 @@ fn blocked(snapshot: &Snapshot, protected: &Protected, now: DateTime<Utc>) -> Op
 }
 
 /// Splits candidates into victims and the ones `victims:` leaves alone.
-fn pick(sessions: &[Session], mut candidates: Vec<usize>, victims: Victims) -> (Vec<usize>, Vec<usize>) {
+fn pick(
+    sessions: &[Session],
+    mut candidates: Vec<usize>,
+    victims: Victims,
+) -> (Vec<usize>, Vec<usize>) {
     if victims == Victims::All || candidates.is_empty() {
         return (candidates, Vec::new());
     }
@@ -323,11 +347,13 @@ fn pick(sessions: &[Session], mut candidates: Vec<usize>, victims: Victims) -> (
 
 fn limit_breach(policy: &Policy, victims: usize, sessions: usize) -> Option<LimitBreach> {
     let limits = &policy.limits;
-    let over_count = limits.max_kills_per_run.is_some_and(|max| victims as u64 > max);
+    let over_count = limits
+        .max_kills_per_run
+        .is_some_and(|max| victims as u64 > max);
     let over_fraction = limits
         .max_kill_fraction
         .is_some_and(|max| crosses_fraction(victims, sessions, max));
-    (over_count || over_fraction).then(|| LimitBreach {
+    (over_count || over_fraction).then_some(LimitBreach {
         victims,
         sessions,
         max_kills_per_run: limits.max_kills_per_run,
@@ -435,11 +461,22 @@ impl Plan {
                 s
             }
             (Why::Spared(spare), p) => {
-                let by = p.map(|p| format!(" (matched by {})", p.name)).unwrap_or_default();
+                let by = p
+                    .map(|p| format!(" (matched by {})", p.name))
+                    .unwrap_or_default();
                 match spare {
                     Spare::Protected(pr) => format!("protected: {pr}{by}"),
-                    Spare::IgnoredUser(g) => format!("ignored user {}{by}", if g == session.user.as_deref().unwrap_or("") { format!("`{g}`") } else { format!("`{}` ~ {g}", session.user.as_deref().unwrap_or("")) }),
-                    Spare::NotPicked(v) => format!("victims: {} picked another session{by}", v.as_str()),
+                    Spare::IgnoredUser(g) => format!(
+                        "ignored user {}{by}",
+                        if g == session.user.as_deref().unwrap_or("") {
+                            format!("`{g}`")
+                        } else {
+                            format!("`{}` ~ {g}", session.user.as_deref().unwrap_or(""))
+                        }
+                    ),
+                    Spare::NotPicked(v) => {
+                        format!("victims: {} picked another session{by}", v.as_str())
+                    }
                     Spare::Limit(b) => format!("{b}: nothing is killed{by}"),
                     Spare::Blocked(b) => format!("{b}: nothing is killed{by}"),
                     Spare::BreakerOpen { since } => format!(
@@ -453,7 +490,6 @@ impl Plan {
         }
     }
 }
-
 
 /// The policy behind `session-reaper kill`: enforce, no conditions, the global
 /// ignored users.

@@ -168,7 +168,10 @@ impl Match {
     ) -> Option<Failure> {
         let time = Duration::from_millis(session.time_ms);
         if !self.command.is_empty()
-            && !self.command.iter().any(|c| c.eq_ignore_ascii_case(&session.command))
+            && !self
+                .command
+                .iter()
+                .any(|c| c.eq_ignore_ascii_case(&session.command))
         {
             return Some(Failure::Command);
         }
@@ -192,12 +195,18 @@ impl Match {
             return Some(Failure::NotUser);
         }
         if !self.host.is_empty()
-            && !session.host.as_deref().is_some_and(|h| self.host.iter().any(|g| g.matches(h)))
+            && !session
+                .host
+                .as_deref()
+                .is_some_and(|h| self.host.iter().any(|g| g.matches(h)))
         {
             return Some(Failure::Host);
         }
         if !self.db.is_empty()
-            && !session.db.as_deref().is_some_and(|d| self.db.iter().any(|g| g.matches(d)))
+            && !session
+                .db
+                .as_deref()
+                .is_some_and(|d| self.db.iter().any(|g| g.matches(d)))
         {
             return Some(Failure::Db);
         }
@@ -227,10 +236,10 @@ impl Match {
                 return Some(Failure::InTransaction);
             }
             if let Some(min) = self.min_trx_time
-                && !session
+                && session
                     .trx
                     .as_ref()
-                    .is_some_and(|t| Duration::from_millis(t.age_ms) >= min)
+                    .is_none_or(|t| Duration::from_millis(t.age_ms) < min)
             {
                 return Some(Failure::MinTrxTime);
             }
@@ -246,7 +255,7 @@ impl Match {
             }
             if !self.sql_template.is_empty() {
                 let fp = fingerprint(sql);
-                if !self.sql_template.iter().any(|t| *t == fp) {
+                if !self.sql_template.contains(&fp) {
                     return Some(Failure::SqlTemplate);
                 }
             }
@@ -257,16 +266,16 @@ impl Match {
     /// Whether `session` matches, fingerprinting on the spot when needed.
     pub fn matches(&self, session: &Session, transactions: bool) -> bool {
         let mut fp = Fingerprinter::default();
-        self.first_failure(session, transactions, &mut |sql| fp.fingerprint(sql).to_owned())
-            .is_none()
+        self.first_failure(session, transactions, &mut |sql| {
+            fp.fingerprint(sql).to_owned()
+        })
+        .is_none()
     }
 
     /// A short account of why a matching session matches, for humans.
     pub fn explain(&self, session: &Session) -> String {
         let mut parts = Vec::new();
-        let list = |globs: &[Glob]| {
-            globs.iter().map(Glob::as_str).collect::<Vec<_>>().join("|")
-        };
+        let list = |globs: &[Glob]| globs.iter().map(Glob::as_str).collect::<Vec<_>>().join("|");
         if !self.user.is_empty() {
             parts.push(format!(
                 "user {} ~ {}",
@@ -285,7 +294,11 @@ impl Match {
             ));
         }
         if !self.db.is_empty() {
-            parts.push(format!("db {} ~ {}", session.db.as_deref().unwrap_or("?"), list(&self.db)));
+            parts.push(format!(
+                "db {} ~ {}",
+                session.db.as_deref().unwrap_or("?"),
+                list(&self.db)
+            ));
         }
         if !self.command.is_empty() {
             parts.push(format!("command {}", session.command));
@@ -305,7 +318,14 @@ impl Match {
             (None, None) => {}
         }
         if let Some(wanted) = self.in_transaction {
-            parts.push(if wanted { "in a transaction" } else { "no transaction" }.to_owned());
+            parts.push(
+                if wanted {
+                    "in a transaction"
+                } else {
+                    "no transaction"
+                }
+                .to_owned(),
+            );
         }
         if let (Some(min), Some(trx)) = (self.min_trx_time, &session.trx) {
             parts.push(format!(

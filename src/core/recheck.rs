@@ -60,7 +60,9 @@ pub fn recheck(
             (Some(_), Some(_)) => {}
             _ => {
                 if fresh.sql != planned.sql {
-                    return Recheck::Changed("the statement finished: another one runs now".to_owned());
+                    return Recheck::Changed(
+                        "the statement finished: another one runs now".to_owned(),
+                    );
                 }
                 if fresh.time_ms < planned.time_ms {
                     return Recheck::Changed("the statement finished and started again".to_owned());
@@ -70,10 +72,11 @@ pub fn recheck(
     }
     if let Some(policy) = policy {
         let mut fp = Fingerprinter::default();
-        if let Some(failure) =
-            policy
-                .matcher
-                .first_failure(fresh, transactions, &mut |sql| fp.fingerprint(sql).to_owned())
+        if let Some(failure) = policy
+            .matcher
+            .first_failure(fresh, transactions, &mut |sql| {
+                fp.fingerprint(sql).to_owned()
+            })
         {
             return Recheck::Changed(format!("no longer matches {}: {failure}", policy.name));
         }

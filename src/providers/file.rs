@@ -9,7 +9,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::Utc;
 
-use super::{Capabilities, Factory, KillOutcome, KillRequest, KillResult, Provider, ProviderError, Rechecker, Spec, Want};
+use super::{
+    Capabilities, Factory, KillOutcome, KillRequest, KillResult, Provider, ProviderError,
+    Rechecker, Spec, Want,
+};
 use crate::config::yaml::Map;
 use crate::core::session::Snapshot;
 use crate::metrics::Metrics;
@@ -29,7 +32,13 @@ fn parse(map: &Map<'_>, base: &Path) -> Option<Arc<dyn Factory>> {
         base.join(raw)
     };
     if let Err(e) = read_snapshot(&path) {
-        v.error(e, Some("record one with `session-reaper sessions --target T --format json > FILE`".to_owned()));
+        v.error(
+            e,
+            Some(
+                "record one with `session-reaper sessions --target T --format json > FILE`"
+                    .to_owned(),
+            ),
+        );
         return None;
     }
     Some(Arc::new(FileFactory { path }))
@@ -81,18 +90,29 @@ impl FileProvider {
 
 /// Reads a snapshot file; the error names the file and, for bad JSON, the position.
 pub fn read_snapshot(path: &Path) -> Result<Snapshot, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read snapshot {}: {e}", path.display()))?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read snapshot {}: {e}", path.display()))?;
     parse_snapshot(&text).map_err(|e| format!("{}: {e}", path.display()))
 }
 
 /// Parses our snapshot format.
 pub fn parse_snapshot(text: &str) -> Result<Snapshot, String> {
-    let value: serde_json::Value =
-        serde_json::from_str(text).map_err(|e| format!("not JSON: {e} (line {}, column {})", e.line(), e.column()))?;
+    let value: serde_json::Value = serde_json::from_str(text)
+        .map_err(|e| format!("not JSON: {e} (line {}, column {})", e.line(), e.column()))?;
     match value.get("format").and_then(|f| f.as_str()) {
         Some(Snapshot::FORMAT) => {}
-        Some(other) => return Err(format!("unknown snapshot format `{other}` (this version reads `{}`)", Snapshot::FORMAT)),
-        None => return Err(format!("not a session-reaper snapshot: no `\"format\": \"{}\"` field", Snapshot::FORMAT)),
+        Some(other) => {
+            return Err(format!(
+                "unknown snapshot format `{other}` (this version reads `{}`)",
+                Snapshot::FORMAT
+            ));
+        }
+        None => {
+            return Err(format!(
+                "not a session-reaper snapshot: no `\"format\": \"{}\"` field",
+                Snapshot::FORMAT
+            ));
+        }
     }
     serde_json::from_value(value).map_err(|e| format!("bad snapshot: {e}"))
 }
@@ -130,7 +150,11 @@ impl Provider for FileProvider {
     async fn kill(&self, requests: &[KillRequest], _recheck: &Rechecker<'_>) -> Vec<KillOutcome> {
         requests
             .iter()
-            .map(|_| KillOutcome::without_recheck(KillResult::Refused("a replayed snapshot cannot be killed".to_owned())))
+            .map(|_| {
+                KillOutcome::without_recheck(KillResult::Refused(
+                    "a replayed snapshot cannot be killed".to_owned(),
+                ))
+            })
             .collect()
     }
 }

@@ -61,7 +61,9 @@ fn parse(map: &Map<'_>, base: &Path) -> Option<Arc<dyn Factory>> {
                 if opts.pass().is_some() {
                     v.error(
                         "the password is written in `url`; secrets are never inline",
-                        Some("remove it from the URL and add `password: {env: VARIABLE}`".to_owned()),
+                        Some(
+                            "remove it from the URL and add `password: {env: VARIABLE}`".to_owned(),
+                        ),
                     );
                     return None;
                 }
@@ -223,7 +225,9 @@ struct Lease<'a> {
 impl Lease<'_> {
     fn conn(&mut self) -> &mut Pooled {
         // Only `discard` takes the connection out, and it consumes the lease.
-        self.conn.as_mut().expect("a lease holds its connection until discarded")
+        self.conn
+            .as_mut()
+            .expect("a lease holds its connection until discarded")
     }
 
     fn discard(mut self) {
@@ -261,10 +265,14 @@ impl MysqlProvider {
     }
 
     async fn lease(&self) -> Result<Lease<'_>, ProviderError> {
-        let permit = self.permits.acquire().await.map_err(|_| ProviderError::Other {
-            target: self.target.clone(),
-            message: "the connection pool is closed".to_owned(),
-        })?;
+        let permit = self
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| ProviderError::Other {
+                target: self.target.clone(),
+                message: "the connection pool is closed".to_owned(),
+            })?;
         let idle = self.idle.lock().ok().and_then(|mut v| v.pop());
         if let Some(conn) = idle {
             return Ok(Lease {
@@ -294,13 +302,18 @@ impl MysqlProvider {
                 message: format!(
                     "{} (next attempt in {})",
                     b.last_error,
-                    crate::core::policy::format_duration(Duration::from_millis(wait.as_millis() as u64))
+                    crate::core::policy::format_duration(Duration::from_millis(
+                        wait.as_millis() as u64
+                    ))
                 ),
             });
         }
         let result = self.connect_now().await;
-        self.metrics
-            .provider_request("mysql", "connect", if result.is_ok() { "ok" } else { "error" });
+        self.metrics.provider_request(
+            "mysql",
+            "connect",
+            if result.is_ok() { "ok" } else { "error" },
+        );
         if let Ok(mut b) = self.backoff.lock() {
             match &result {
                 Ok(_) => *b = Backoff::default(),
@@ -368,8 +381,13 @@ impl MysqlProvider {
                 conn.query_drop(format!("SET SESSION max_statement_time = {secs:.3}"))
                     .await?;
             }
-            let started_at = match (now.parse::<f64>(), uptime.and_then(|(_, u)| u.parse::<f64>().ok())) {
-                (Ok(now), Some(up)) => DateTime::from_timestamp_millis(((now - up) * 1000.0) as i64),
+            let started_at = match (
+                now.parse::<f64>(),
+                uptime.and_then(|(_, u)| u.parse::<f64>().ok()),
+            ) {
+                (Ok(now), Some(up)) => {
+                    DateTime::from_timestamp_millis(((now - up) * 1000.0) as i64)
+                }
                 _ => None,
             };
             Ok::<_, mysql_async::Error>((flavour, version, started_at))
@@ -382,7 +400,9 @@ impl MysqlProvider {
                 started_at,
             }),
             Ok(Err(e)) => Err(connect_err(format!("connected, but {}", describe(&e)))),
-            Err(_) => Err(connect_err("connected, but the server did not answer".to_owned())),
+            Err(_) => Err(connect_err(
+                "connected, but the server did not answer".to_owned(),
+            )),
         }
     }
 
@@ -421,12 +441,16 @@ impl MysqlProvider {
             match result {
                 Ok(Ok(rows)) => {
                     self.metrics.provider_request("mysql", operation, "ok");
-                    let sessions = rows.into_iter().filter_map(|r| session_from_row(r, flavour)).collect();
+                    let sessions = rows
+                        .into_iter()
+                        .filter_map(|r| session_from_row(r, flavour))
+                        .collect();
                     return Ok((sessions, server, lease));
                 }
                 Ok(Err(e)) => {
                     self.metrics.provider_request("mysql", operation, "error");
-                    let fatal = e.is_fatal() || matches!(e, mysql_async::Error::Io(_) | mysql_async::Error::Driver(_));
+                    let fatal = e.is_fatal()
+                        || matches!(e, mysql_async::Error::Io(_) | mysql_async::Error::Driver(_));
                     if fatal {
                         lease.discard();
                         if reused && attempt == 0 {
@@ -451,13 +475,21 @@ impl MysqlProvider {
         recheck: &Rechecker<'_>,
     ) -> Vec<(usize, KillOutcome)> {
         let ids: Vec<u64> = chunk.iter().map(|(_, r)| r.session.id).collect();
-        let (fresh, server, mut lease) = match self.read_sessions(&Want::everything(), Some(&ids), "recheck").await {
+        let (fresh, server, mut lease) = match self
+            .read_sessions(&Want::everything(), Some(&ids), "recheck")
+            .await
+        {
             Ok(x) => x,
             Err(e) => {
                 let why = format!("not sent: the re-check failed: {e}");
                 return chunk
                     .into_iter()
-                    .map(|(i, _)| (i, KillOutcome::without_recheck(KillResult::Failed(why.clone()))))
+                    .map(|(i, _)| {
+                        (
+                            i,
+                            KillOutcome::without_recheck(KillResult::Failed(why.clone())),
+                        )
+                    })
                     .collect();
             }
         };
@@ -468,7 +500,10 @@ impl MysqlProvider {
         let mut broken: Option<String> = None;
         for (i, req) in chunk {
             if let Some(why) = &broken {
-                out.push((i, KillOutcome::without_recheck(KillResult::Failed(format!("not sent: {why}")))));
+                out.push((
+                    i,
+                    KillOutcome::without_recheck(KillResult::Failed(format!("not sent: {why}"))),
+                ));
                 continue;
             }
             let verdict = recheck(req, fresh.get(&req.session.id));
@@ -491,8 +526,14 @@ impl MysqlProvider {
                                 // ER_NO_SUCH_THREAD, ER_NO_SUCH_QUERY
                                 1094 | 1957 => KillResult::Gone,
                                 // ER_KILL_DENIED_ERROR, ER_SPECIFIC_ACCESS_DENIED_ERROR
-                                1095 | 1227 => KillResult::Refused(format!("server error {}: {}", e.code, e.message)),
-                                _ => KillResult::Failed(format!("server error {}: {}", e.code, e.message)),
+                                1095 | 1227 => KillResult::Refused(format!(
+                                    "server error {}: {}",
+                                    e.code, e.message
+                                )),
+                                _ => KillResult::Failed(format!(
+                                    "server error {}: {}",
+                                    e.code, e.message
+                                )),
                             }
                         }
                         Ok(Err(e)) => {
@@ -566,15 +607,22 @@ impl Provider for MysqlProvider {
         let lanes = self.pool_size.min(requests.len()).max(1);
         let per_lane = requests.len().div_ceil(lanes);
         let indexed: Vec<(usize, &KillRequest)> = requests.iter().enumerate().collect();
-        let chunks: Vec<Vec<(usize, &KillRequest)>> = indexed.chunks(per_lane).map(<[_]>::to_vec).collect();
-        let results = futures::future::join_all(chunks.into_iter().map(|c| self.kill_chunk(c, recheck))).await;
+        let chunks: Vec<Vec<(usize, &KillRequest)>> =
+            indexed.chunks(per_lane).map(<[_]>::to_vec).collect();
+        let results =
+            futures::future::join_all(chunks.into_iter().map(|c| self.kill_chunk(c, recheck)))
+                .await;
         let mut outcomes: Vec<Option<KillOutcome>> = vec![None; requests.len()];
         for (i, o) in results.into_iter().flatten() {
             outcomes[i] = Some(o);
         }
         outcomes
             .into_iter()
-            .map(|o| o.unwrap_or_else(|| KillOutcome::without_recheck(KillResult::Failed("not attempted".to_owned()))))
+            .map(|o| {
+                o.unwrap_or_else(|| {
+                    KillOutcome::without_recheck(KillResult::Failed("not attempted".to_owned()))
+                })
+            })
             .collect()
     }
 }
@@ -592,7 +640,11 @@ fn kill_statement(flavour: Flavour, req: &KillRequest) -> String {
 fn processlist_query(flavour: Flavour, want: &Want, only_ids: Option<&[u64]>) -> String {
     let info = if want.sql { "p.INFO" } else { "NULL" };
     let (source, time, query_id) = match flavour {
-        Flavour::MariaDb => ("information_schema.PROCESSLIST", "CAST(p.TIME_MS AS CHAR)", "p.QUERY_ID"),
+        Flavour::MariaDb => (
+            "information_schema.PROCESSLIST",
+            "CAST(p.TIME_MS AS CHAR)",
+            "p.QUERY_ID",
+        ),
         Flavour::MySqlPerfSchema => ("performance_schema.processlist", "p.TIME * 1000", "NULL"),
         Flavour::MySql => ("information_schema.PROCESSLIST", "p.TIME * 1000", "NULL"),
     };
@@ -665,7 +717,9 @@ pub fn split_host(raw: &str) -> (String, Option<u16>) {
         return (addr.to_owned(), port.parse().ok());
     }
     match raw.rsplit_once(':') {
-        Some((addr, port)) if !addr.is_empty() && !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => {
+        Some((addr, port))
+            if !addr.is_empty() && !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) =>
+        {
             match port.parse() {
                 Ok(p) => (addr.to_owned(), Some(p)),
                 Err(_) => (raw.to_owned(), None),
@@ -730,11 +784,20 @@ mod tests {
 
     #[test]
     fn hosts_lose_their_port() {
-        assert_eq!(split_host("10.0.0.7:51234"), ("10.0.0.7".to_owned(), Some(51234)));
+        assert_eq!(
+            split_host("10.0.0.7:51234"),
+            ("10.0.0.7".to_owned(), Some(51234))
+        );
         assert_eq!(split_host("localhost"), ("localhost".to_owned(), None));
         assert_eq!(split_host("::1:51234"), ("::1".to_owned(), Some(51234)));
-        assert_eq!(split_host("[fe80::1]:3306"), ("fe80::1".to_owned(), Some(3306)));
-        assert_eq!(split_host("web-1.example.com:40000"), ("web-1.example.com".to_owned(), Some(40000)));
+        assert_eq!(
+            split_host("[fe80::1]:3306"),
+            ("fe80::1".to_owned(), Some(3306))
+        );
+        assert_eq!(
+            split_host("web-1.example.com:40000"),
+            ("web-1.example.com".to_owned(), Some(40000))
+        );
     }
 
     #[test]
@@ -767,10 +830,22 @@ mod tests {
             action,
             tag: 0,
         };
-        assert_eq!(kill_statement(Flavour::MariaDb, &req(&s, Action::KillQuery)), "KILL QUERY ID 99");
-        assert_eq!(kill_statement(Flavour::MySql, &req(&s, Action::KillQuery)), "KILL QUERY 7");
-        assert_eq!(kill_statement(Flavour::MariaDb, &req(&s, Action::Kill)), "KILL CONNECTION 7");
+        assert_eq!(
+            kill_statement(Flavour::MariaDb, &req(&s, Action::KillQuery)),
+            "KILL QUERY ID 99"
+        );
+        assert_eq!(
+            kill_statement(Flavour::MySql, &req(&s, Action::KillQuery)),
+            "KILL QUERY 7"
+        );
+        assert_eq!(
+            kill_statement(Flavour::MariaDb, &req(&s, Action::Kill)),
+            "KILL CONNECTION 7"
+        );
         s.query_id = None;
-        assert_eq!(kill_statement(Flavour::MariaDb, &req(&s, Action::KillQuery)), "KILL QUERY 7");
+        assert_eq!(
+            kill_statement(Flavour::MariaDb, &req(&s, Action::KillQuery)),
+            "KILL QUERY 7"
+        );
     }
 }

@@ -10,9 +10,9 @@
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::sync::OnceLock;
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use mysql_async::prelude::Queryable;
@@ -22,7 +22,7 @@ pub struct MariaDb {
     pub port: u16,
     /// Set when this process started the server (and must stop it).
     dir: Option<PathBuf>,
-    pid: Option<u32>,
+    child: Mutex<Option<Child>>,
 }
 
 #[derive(Debug, Clone)]
@@ -42,12 +42,18 @@ fn free_port() -> u16 {
 }
 
 fn server_binary() -> &'static str {
-    for p in ["/usr/sbin/mariadbd", "/usr/bin/mariadbd", "/usr/sbin/mysqld"] {
+    for p in [
+        "/usr/sbin/mariadbd",
+        "/usr/bin/mariadbd",
+        "/usr/sbin/mysqld",
+    ] {
         if Path::new(p).exists() {
             return p;
         }
     }
-    panic!("mariadbd is not installed: run the test script (scripts/test), which installs mariadb-server")
+    panic!(
+        "mariadbd is not installed: run the test script (scripts/test), which installs mariadb-server"
+    )
 }
 
 /// Extra server options for a dedicated server.
@@ -68,7 +74,7 @@ impl MariaDb {
                 return MariaDb {
                     port,
                     dir: None,
-                    pid: None,
+                    child: Mutex::new(None),
                 };
             }
             MariaDb::start(&Options::default(), true)
@@ -150,13 +156,13 @@ impl MariaDb {
             let server = MariaDb {
                 port,
                 dir: Some(dir.clone()),
-                pid: Some(pid),
+                child: Mutex::new(Some(child)),
             };
             if server.wait_ready(Duration::from_secs(30)) {
                 let _ = for_process;
                 return server;
             }
-            let _ = Command::new("kill").arg(pid.to_string()).status();
+            server.stop();
             eprintln!("mariadbd on port {port} did not come up (attempt {attempt}); retrying");
         }
         panic!(
@@ -169,7 +175,13 @@ impl MariaDb {
         let start = Instant::now();
         while start.elapsed() < limit {
             let ok = Command::new("mariadb")
-                .args(["-h127.0.0.1", &format!("-P{}", self.port), "-uroot", "-e", "SELECT 1"])
+                .args([
+                    "-h127.0.0.1",
+                    &format!("-P{}", self.port),
+                    "-uroot",
+                    "-e",
+                    "SELECT 1",
+                ])
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .status()
@@ -189,20 +201,23 @@ impl MariaDb {
 
     /// Stops the server (SIGTERM, then waits for it to exit). Dedicated servers only.
     pub fn stop(&self) {
-        if let Some(pid) = self.pid {
-            let _ = Command::new("kill").arg(pid.to_string()).status();
-            let start = Instant::now();
-            while start.elapsed() < Duration::from_secs(30) {
-                if !Path::new(&format!("/proc/{pid}")).exists() || is_zombie(pid) {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(50));
+        let Some(mut child) = self.child.lock().unwrap().take() else {
+            return;
+        };
+        let _ = Command::new("kill").arg(child.id().to_string()).status();
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(30) {
+            if let Ok(Some(_)) = child.try_wait() {
+                return;
             }
+            std::thread::sleep(Duration::from_millis(50));
         }
+        let _ = child.kill();
+        let _ = child.wait();
     }
 
     /// Starts a stopped dedicated server again on the same port and data.
-    pub fn restart(&mut self) {
+    pub fn restart(&self) {
         self.stop();
         let dir = self.dir.clone().expect("a dedicated server");
         let data = dir.join("data");
@@ -224,8 +239,11 @@ impl MariaDb {
             .stderr(Stdio::null())
             .spawn()
             .expect("mariadbd restarts");
-        self.pid = Some(child.id());
-        assert!(self.wait_ready(Duration::from_secs(30)), "mariadbd came back");
+        *self.child.lock().unwrap() = Some(child);
+        assert!(
+            self.wait_ready(Duration::from_secs(30)),
+            "mariadbd came back"
+        );
     }
 
     pub async fn connect(&self, user: &str, password: &str) -> mysql_async::Result<Conn> {
@@ -249,7 +267,9 @@ impl MariaDb {
         let password = format!("pw-{n}-{}", rand_suffix());
         let mut admin = self.admin().await;
         admin
-            .query_drop(format!("CREATE USER '{name}'@'%' IDENTIFIED BY '{password}'"))
+            .query_drop(format!(
+                "CREATE USER '{name}'@'%' IDENTIFIED BY '{password}'"
+            ))
             .await
             .expect("create user");
         if let Some(g) = grants {
@@ -265,7 +285,8 @@ impl MariaDb {
     /// A user that may read the process list and kill any session: what the
     /// `mysql` provider needs.
     pub async fn reaper_user(&self) -> User {
-        self.create_user("reaper", Some("PROCESS, CONNECTION ADMIN ON *.*")).await
+        self.create_user("reaper", Some("PROCESS, CONNECTION ADMIN ON *.*"))
+            .await
     }
 
     /// A database of the test's own with a table `t (id INT PRIMARY KEY, v INT)`,
@@ -274,7 +295,10 @@ impl MariaDb {
         let n = SEQ.fetch_add(1, Ordering::Relaxed);
         let db = format!("{prefix}_{}_{n}", std::process::id() % 100_000);
         let mut admin = self.admin().await;
-        admin.query_drop(format!("CREATE DATABASE `{db}`")).await.expect("create db");
+        admin
+            .query_drop(format!("CREATE DATABASE `{db}`"))
+            .await
+            .expect("create db");
         admin
             .query_drop(format!(
                 "CREATE TABLE `{db}`.t (id INT PRIMARY KEY, v INT) ENGINE=InnoDB"
@@ -347,12 +371,6 @@ impl Drop for MariaDb {
             self.stop();
         }
     }
-}
-
-fn is_zombie(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| s.split_whitespace().nth(2) == Some("Z"))
-        .unwrap_or(true)
 }
 
 fn rand_suffix() -> String {

@@ -1,0 +1,244 @@
+//! Property tests of the pure core: for any snapshot and any policies, no protected
+//! or ignored session is ever planned for a kill, and no run crosses its limits.
+
+use std::time::Duration;
+
+use chrono::{TimeZone, Utc};
+use proptest::prelude::*;
+use session_reaper::core::glob::Glob;
+use session_reaper::core::plan::{RunOutcome, Verdict, plan};
+use session_reaper::core::policy::{Action, Limits, Match, Mode, Origin, Policy, Victims};
+use session_reaper::core::protected::{Protected, protection};
+use session_reaper::core::session::{Session, Snapshot, Transaction};
+use session_reaper::schedule::Schedule;
+
+const USERS: &[&str] = &[
+    "app",
+    "app_batch",
+    "report",
+    "etl",
+    "monitor",
+    "repl",
+    "rdsAdmin",
+    "system user",
+    "event_scheduler",
+    "",
+];
+const COMMANDS: &[&str] = &[
+    "Sleep",
+    "Query",
+    "Execute",
+    "Daemon",
+    "Binlog Dump",
+    "Binlog Dump GTID",
+    "Connect",
+    "Slave_SQL",
+];
+
+fn session() -> impl Strategy<Value = Session> {
+    (
+        1u64..400,
+        prop::option::weighted(0.95, prop::sample::select(USERS)),
+        prop::sample::select(COMMANDS),
+        0u64..3_000_000,
+        prop::option::of(0u64..3_000_000),
+        prop::option::of(prop::sample::select(
+            &[
+                "SELECT 1",
+                "SELECT * FROM t WHERE id = 5",
+                "UPDATE t SET a = 1",
+            ][..],
+        )),
+    )
+        .prop_map(|(id, user, command, time_ms, trx, sql)| Session {
+            id,
+            user: user.map(str::to_owned),
+            host: Some("10.0.0.1".to_owned()),
+            port: Some(40000),
+            db: Some("shop".to_owned()),
+            command: command.to_owned(),
+            time_ms,
+            state: None,
+            sql: sql.map(str::to_owned),
+            query_id: Some(id * 10),
+            trx: trx.map(|age_ms| Transaction {
+                id: "1".to_owned(),
+                age_ms,
+            }),
+            template_id: None,
+            node: None,
+        })
+}
+
+fn snapshot() -> impl Strategy<Value = Snapshot> {
+    (
+        prop::collection::vec(session(), 0..60),
+        prop::collection::vec(1u64..400, 0..3),
+        any::<bool>(),
+        prop::option::weighted(0.1, Just("a page failed".to_owned())),
+        0i64..20_000,
+    )
+        .prop_map(|(mut sessions, own, transactions, partial, age_ms)| {
+            sessions.sort_by_key(|s| s.id);
+            sessions.dedup_by_key(|s| s.id);
+            Snapshot {
+                format: Snapshot::FORMAT.to_owned(),
+                target: "t".to_owned(),
+                provider: "mysql".to_owned(),
+                taken_at: now() - chrono::Duration::milliseconds(age_ms),
+                server: Default::default(),
+                own_connection_ids: own,
+                transactions,
+                partial,
+                sessions,
+            }
+        })
+}
+
+fn now() -> chrono::DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 11, 25, 3, 0, 0).unwrap()
+}
+
+fn globs(names: Vec<&str>) -> Vec<Glob> {
+    names.into_iter().map(Glob::new).collect()
+}
+
+fn policy() -> impl Strategy<Value = Policy> {
+    (
+        prop::collection::vec(
+            prop::sample::select(&["app", "app*", "*", "report", "etl", "rds*"][..]),
+            0..3,
+        ),
+        prop::collection::vec(
+            prop::sample::select(&["sleep", "query", "daemon", "binlog dump"][..]),
+            0..2,
+        ),
+        prop::option::of(0u64..2_000_000),
+        prop::option::of(any::<bool>()),
+        prop::collection::vec(prop::sample::select(&["etl", "monitor", "app_*"][..]), 0..2),
+        (any::<bool>(), any::<bool>(), 0usize..3),
+        (prop::option::of(1u64..20), prop::option::of(0.05f64..1.0)),
+    )
+        .prop_map(
+            |(
+                user,
+                command,
+                min_time,
+                in_trx,
+                ignored,
+                (enforce, kill_query, victims),
+                (max_kills, max_fraction),
+            )| Policy {
+                name: "p".to_owned(),
+                targets: Vec::new(),
+                schedule: Schedule::Every(Duration::from_secs(1)),
+                mode: if enforce { Mode::Enforce } else { Mode::DryRun },
+                matcher: Match {
+                    user: globs(user),
+                    command: command.into_iter().map(str::to_owned).collect(),
+                    min_time: min_time.map(Duration::from_millis),
+                    in_transaction: in_trx,
+                    ..Match::default()
+                },
+                action: if kill_query {
+                    Action::KillQuery
+                } else {
+                    Action::Kill
+                },
+                victims: [Victims::All, Victims::Oldest, Victims::AllButOldest][victims],
+                limits: Limits {
+                    max_kills_per_run: max_kills,
+                    max_kill_fraction: max_fraction,
+                    breaker_cooldown: Duration::from_secs(300),
+                },
+                ignored_users: globs(ignored),
+                origin: Origin::default(),
+            },
+        )
+}
+
+fn protected() -> impl Strategy<Value = Protected> {
+    (
+        prop::collection::vec(prop::sample::select(&["rdsAdmin", "repl", "app"][..]), 0..2),
+        any::<bool>(),
+    )
+        .prop_map(|(accounts, limit_age)| Protected {
+            accounts: accounts.into_iter().map(str::to_owned).collect(),
+            max_snapshot_age: limit_age.then(|| Duration::from_secs(5)),
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    #[test]
+    fn no_protected_or_ignored_session_is_ever_a_victim(
+        snap in snapshot(),
+        mut policies in prop::collection::vec(policy(), 1..5),
+        protected in protected(),
+    ) {
+        for (i, p) in policies.iter_mut().enumerate() {
+            p.name = format!("p{i}");
+        }
+        let refs: Vec<&Policy> = policies.iter().collect();
+        let plan = plan(&snap, &refs, &protected, now());
+        prop_assert_eq!(plan.decisions.len(), snap.sessions.len());
+        for (s, d) in snap.sessions.iter().zip(&plan.decisions) {
+            if !matches!(d.verdict, Verdict::Kill | Verdict::KillQuery | Verdict::WouldKill) {
+                continue;
+            }
+            prop_assert!(protection(s, &snap.own_connection_ids, &protected).is_none(), "protected {:?} is a victim", s);
+            let policy = refs[d.policy.expect("a victim has its policy")];
+            let user = s.user.as_deref().unwrap_or_default();
+            prop_assert!(policy.ignores(user).is_none(), "ignored {:?} is a victim of {}", s, policy.name);
+            prop_assert!(policy.matcher.matches(s, snap.transactions), "{:?} does not match {}", s, policy.name);
+            prop_assert!(plan.blocked.is_none(), "a blocked snapshot produced a victim");
+            if d.verdict != Verdict::WouldKill {
+                prop_assert_eq!(policy.mode, Mode::Enforce);
+            }
+        }
+    }
+
+    #[test]
+    fn no_run_crosses_its_limits_and_the_breaker_opens_exactly_when_one_would_be_crossed(
+        snap in snapshot(),
+        policy in policy(),
+        protected in protected(),
+    ) {
+        let plan = plan(&snap, &[&policy], &protected, now());
+        let run = &plan.runs[0];
+        let kills = plan.decisions.iter().filter(|d| d.policy == Some(0) && matches!(d.verdict, Verdict::Kill | Verdict::KillQuery | Verdict::WouldKill)).count();
+        prop_assert_eq!(kills, run.victims.len());
+        if let Some(max) = policy.limits.max_kills_per_run {
+            prop_assert!(kills as u64 <= max);
+        }
+        if let Some(max) = policy.limits.max_kill_fraction {
+            prop_assert!(kills as f64 <= max * snap.sessions.len() as f64);
+        }
+        // What the policy would pick without limits, counted independently.
+        let candidates = snap
+            .sessions
+            .iter()
+            .filter(|s| policy.matcher.matches(s, snap.transactions))
+            .filter(|s| protection(s, &snap.own_connection_ids, &protected).is_none())
+            .filter(|s| policy.ignores(s.user.as_deref().unwrap_or_default()).is_none())
+            .count();
+        let picked = match policy.victims {
+            Victims::All => candidates,
+            Victims::Oldest => candidates.min(1),
+            Victims::AllButOldest => candidates.saturating_sub(1),
+        };
+        let crosses = policy.limits.max_kills_per_run.is_some_and(|m| picked as u64 > m)
+            || policy.limits.max_kill_fraction.is_some_and(|f| picked as f64 > f * snap.sessions.len() as f64);
+        if plan.blocked.is_none() {
+            prop_assert_eq!(matches!(run.outcome, RunOutcome::LimitCrossed(_)), crosses);
+            if !crosses {
+                prop_assert_eq!(kills, picked);
+            } else {
+                prop_assert_eq!(kills, 0);
+            }
+        } else {
+            prop_assert_eq!(kills, 0);
+        }
+    }
+}
