@@ -565,3 +565,43 @@ fn the_readme_config_and_policy_pass_check() {
         text(&out.stdout)
     );
 }
+
+#[test]
+fn a_daemon_whose_log_pipe_closed_still_runs_and_stops_on_sigterm() {
+    for format in ["text", "json"] {
+        log_pipe_closed(format);
+    }
+}
+
+fn log_pipe_closed(format: &str) {
+    let mut child = bin()
+        .args([
+            "run",
+            "--config",
+            "examples/quickstart.yaml",
+            "--listen",
+            "127.0.0.1:0",
+            "--log-format",
+            format,
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stderr.take()); // the reader goes away: every log write fails
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(child.try_wait().unwrap().is_none(), "still running");
+    unsafe_kill(child.id(), "TERM");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(status.success(), "{status:?}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "SIGTERM was not honoured"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

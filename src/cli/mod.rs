@@ -195,9 +195,12 @@ async fn run_async(command: Command) -> ExitCode {
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("SESSION_REAPER_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // A log line that cannot be written (the journal went away, a closed pipe) is
+    // dropped: the subscriber's own fallback would panic writing to stderr.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .log_internal_errors(false);
     let _ = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
@@ -210,6 +213,7 @@ fn init_logging_quiet() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .log_internal_errors(false)
         .try_init();
 }
 
@@ -249,6 +253,14 @@ fn check(path: &Path) -> ExitCode {
 
 async fn run(path: &Path, listen: Option<std::net::SocketAddr>) -> anyhow::Result<ExitCode> {
     use tokio::signal::unix::{SignalKind, signal};
+    // A panic in any task is a bug: exit, so that the supervisor (systemd) restarts a
+    // whole daemon rather than leave one with a dead target runner.
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        tracing::error!("internal error, exiting: {info}");
+        default_hook(info);
+        std::process::exit(70);
+    }));
     let handle = match daemon::start(path, listen).await {
         Ok(h) => h,
         Err(e) => {
