@@ -21,7 +21,7 @@ use crate::config::{self, Config, ConfigErrors, Target};
 use crate::core::breaker::{Breaker, Transition};
 use crate::core::plan::{self, RunOutcome, Verdict, Why};
 use crate::core::policy::Policy;
-use crate::executor::{Executor, Reported, Tick};
+use crate::executor::{Executor, Reported, Seen, Tick};
 use crate::metrics::Metrics;
 use crate::providers::{Provider, Want};
 use crate::schedule::Schedule;
@@ -367,7 +367,7 @@ impl Generation {
                 shared: shared.clone(),
                 executor: executor.clone(),
                 reported: Reported::new(),
-                spared: HashSet::new(),
+                spared: Seen::new(),
                 last_logged_error: None,
                 last_blocked: None,
             };
@@ -398,7 +398,7 @@ struct Runner {
     shared: Arc<Shared>,
     executor: Arc<Executor>,
     reported: Reported,
-    spared: HashSet<(u64, &'static str)>,
+    spared: Seen<(u64, &'static str)>,
     last_logged_error: Option<String>,
     last_blocked: Option<String>,
 }
@@ -619,25 +619,27 @@ impl Runner {
         });
 
         // Spared sessions, each counted once while it stays spared.
-        let mut spared_now = HashSet::new();
+        let mut spared_now: Vec<HashSet<(u64, &'static str)>> =
+            vec![HashSet::new(); policies.len()];
         for (i, d) in plan.decisions.iter().enumerate() {
-            if d.verdict != Verdict::Spared || d.policy.is_none() {
+            let (Verdict::Spared, Some(pi), Why::Spared(spare)) = (d.verdict, d.policy, &d.why)
+            else {
                 continue;
-            }
-            if let Why::Spared(spare) = &d.why
-                && let Some(reason) = spare.metric_reason()
-            {
+            };
+            if let Some(reason) = spare.metric_reason() {
                 let key = (snapshot.sessions[i].id, reason);
-                if !self.spared.contains(&key) {
+                if !self.spared.contains(&policies[pi].name, &key) {
                     metrics
                         .spared_total
                         .with_label_values(&[&target, reason])
                         .inc();
                 }
-                spared_now.insert(key);
+                spared_now[pi].insert(key);
             }
         }
-        self.spared = spared_now;
+        for (policy, seen) in policies.iter().zip(spared_now) {
+            self.spared.replace(&policy.name, seen);
+        }
 
         for run in &plan.runs {
             let policy = policies[run.policy];

@@ -1,7 +1,8 @@
 //! Carries out a plan: would-kills are audited once, kills go through the gates
 //! (write-ahead intent, re-check, kill, outcome) and every step is counted.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::hash::Hash;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -43,8 +44,38 @@ pub struct Report {
     pub outcomes: Vec<(u64, KillResult)>,
 }
 
-/// A would-kill already reported: policy, session, statement.
-pub type Reported = HashSet<(usize, u64, Option<u64>)>;
+/// What was already reported on a target, per policy name, so that a session is
+/// audited or counted once while it stays so, whichever policies a tick runs.
+#[derive(Debug)]
+pub struct Seen<K> {
+    by_policy: HashMap<String, HashSet<K>>,
+}
+
+impl<K> Default for Seen<K> {
+    fn default() -> Self {
+        Seen {
+            by_policy: HashMap::new(),
+        }
+    }
+}
+
+impl<K: Eq + Hash> Seen<K> {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn contains(&self, policy: &str, key: &K) -> bool {
+        self.by_policy.get(policy).is_some_and(|s| s.contains(key))
+    }
+
+    /// What `policy` sees now replaces what it saw on its previous run.
+    pub fn replace(&mut self, policy: &str, now: HashSet<K>) {
+        self.by_policy.insert(policy.to_owned(), now);
+    }
+}
+
+/// Would-kills already audited: session id and statement (query id).
+pub type Reported = Seen<(u64, Option<u64>)>;
 
 pub struct Executor {
     audit: Arc<Audit>,
@@ -101,19 +132,20 @@ impl Executor {
         let now = Utc::now();
         let mut fp = Fingerprinter::default();
         let mut would = Vec::new();
-        let mut current: Reported = HashSet::new();
+        let mut current: Vec<HashSet<(u64, Option<u64>)>> =
+            vec![HashSet::new(); tick.policies.len()];
         let mut kills: Vec<(usize, usize)> = Vec::new();
         for (i, d) in plan.decisions.iter().enumerate() {
             let Some(pi) = d.policy else { continue };
             match d.verdict {
                 Verdict::WouldKill => {
                     let s = &snapshot.sessions[i];
-                    let key = (pi, s.id, s.query_id);
-                    current.insert(key);
-                    if reported.contains(&key) {
+                    let policy = tick.policies[pi];
+                    let key = (s.id, s.query_id);
+                    current[pi].insert(key);
+                    if reported.contains(&policy.name, &key) {
                         continue;
                     }
-                    let policy = tick.policies[pi];
                     let reason = plan.reason(i, snapshot, tick.policies);
                     info!(
                         target: "session_reaper::decision",
@@ -137,7 +169,9 @@ impl Executor {
                 Verdict::Spared | Verdict::NoMatch => {}
             }
         }
-        *reported = current;
+        for (policy, seen) in tick.policies.iter().zip(current) {
+            reported.replace(&policy.name, seen);
+        }
         if let Err(e) = self.append(would, false).await {
             error!("{e}");
             report.audit_error = Some(e);

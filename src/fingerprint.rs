@@ -417,9 +417,7 @@ fn replace_numbers(q: &[u8], out: &mut Vec<u8>) -> bool {
                 end += 1;
             }
         } else {
-            while end < q.len() && is_number_continuation(q[end]) {
-                end += 1;
-            }
+            end = literal_end(q, i);
         }
         out.extend_from_slice(&q[copied..i]);
         out.push(b'?');
@@ -430,12 +428,39 @@ fn replace_numbers(q: &[u8], out: &mut Vec<u8>) -> bool {
     true
 }
 
-fn is_number_continuation(b: u8) -> bool {
-    b.is_ascii_digit()
-        || matches!(
-            b.to_ascii_lowercase(),
-            b'a'..=b'f' | b'.' | b'x' | b'+' | b'-'
-        )
+/// The end of the number literal starting at `start`: pt-fingerprint's
+/// `[0-9a-f.xb+-]*`, plus the upper-case spellings of real literals only (`0xFF`,
+/// `0XFF`, `0B1`, `1E10`), so that `1.DESC` keeps its `desc`.
+fn literal_end(q: &[u8], start: usize) -> usize {
+    let mut end = start + 1;
+    let mut hex = false;
+    while end < q.len() {
+        let b = q[end];
+        let pt_class = b.is_ascii_digit() || matches!(b, b'a'..=b'f' | b'.' | b'x' | b'+' | b'-');
+        let upper = match b {
+            b'X' | b'B' => end == start + 1 && q[start] == b'0',
+            b'E' => match q.get(end + 1) {
+                Some(d) if d.is_ascii_digit() => true,
+                Some(b'+' | b'-') => q.get(end + 2).is_some_and(u8::is_ascii_digit),
+                _ => false,
+            },
+            b'A'..=b'F' => hex,
+            _ => false,
+        };
+        if !(pt_class || upper) {
+            break;
+        }
+        if end == start + 1 && q[start] == b'0' && matches!(b, b'x' | b'X') {
+            // Upper-case hex digits only in a clean literal: `0xFF`, not `0xffAND`.
+            let digits = q[end + 1..]
+                .iter()
+                .take_while(|c| c.is_ascii_hexdigit())
+                .count();
+            hex = !q.get(end + 1 + digits).is_some_and(|c| is_name_byte(*c));
+        }
+        end += 1;
+    }
+    end
 }
 
 /// `s/[xb.+-]\?/?/g`: a sign or a leading dot folds into the `?` after it (`.5`, `-?`).

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use session_reaper::audit::{Audit, Record};
 
+#[allow(unused_imports)]
 pub use mariadb::{MariaDb, User, wait_until};
 
 /// A config directory: `config.yaml`, `policies/`, `state/`, secrets.
