@@ -73,3 +73,91 @@ fn a_reused_fingerprinter_gives_the_same_answers() {
         );
     }
 }
+
+mod robustness {
+    use proptest::prelude::*;
+    use session_reaper::fingerprint::fingerprint;
+
+    fn sqlish() -> impl Strategy<Value = String> {
+        let pieces = prop::sample::select(vec![
+            "SELECT",
+            "select",
+            " ",
+            "\n",
+            "\t",
+            "'",
+            "\"",
+            "\\",
+            "/*",
+            "*/",
+            "/*!",
+            "--",
+            "#",
+            "(",
+            ")",
+            ",",
+            "?",
+            "1",
+            "0x",
+            "1e",
+            "-",
+            "+",
+            ".",
+            "in",
+            "values",
+            "union",
+            "all",
+            "limit",
+            "order by",
+            "asc",
+            "null",
+            "call",
+            "use ",
+            "insert into",
+            "é",
+            "😀",
+            "\u{0}",
+            "\u{7f}",
+        ]);
+        prop::collection::vec(pieces, 0..60).prop_map(|v| v.concat())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(5000))]
+
+        #[test]
+        fn any_text_fingerprints_without_panicking(sql in "\\PC{0,200}") {
+            let _ = fingerprint(&sql);
+        }
+
+        #[test]
+        fn sql_like_text_fingerprints_without_panicking_and_never_grows_much(sql in sqlish()) {
+            let fp = fingerprint(&sql);
+            // Rewrites only shorten, except `in(?+)` and `/*repeat union*/` markers.
+            prop_assert!(fp.len() <= sql.len() + 32 * (sql.matches('(').count() + 1), "{:?} -> {:?}", sql, fp);
+        }
+    }
+
+    #[test]
+    fn huge_and_truncated_statements_are_fingerprinted() {
+        let rows: Vec<String> = (0..200_000)
+            .map(|i| format!("({i}, 'name {i}', NOW())"))
+            .collect();
+        let insert = format!("INSERT INTO t (id, name, at) VALUES {}", rows.join(", "));
+        assert!(insert.len() > 5_000_000);
+        assert_eq!(
+            fingerprint(&insert),
+            "insert into t (id, name, at) values (?, ?, now())"
+        );
+        let cut = &insert[..insert.len() / 2];
+        assert!(fingerprint(cut).starts_with("insert into t (id, name, at) values (?, ?, now())"));
+        let unions = vec!["SELECT a FROM t WHERE id = 1"; 20_000].join(" UNION ALL ");
+        assert_eq!(
+            fingerprint(&unions),
+            "select a from t where id = ? /*repeat union all*/"
+        );
+        let binary =
+            String::from_utf8_lossy(&[0x53, 0x45, 0xff, 0xfe, 0x27, 0x00, 0x80]).into_owned();
+        let _ = fingerprint(&binary);
+    }
+}
