@@ -12,3 +12,4 @@ pub mod http;
 pub mod metrics;
 pub mod providers;
 pub mod schedule;
+pub mod sign;
