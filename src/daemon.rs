@@ -489,10 +489,7 @@ impl Runner {
     async fn tick(&mut self, policies: &[&Policy]) {
         let target = self.target.name.clone();
         let metrics = self.shared.metrics.clone();
-        let want = Want {
-            sql: policies.iter().any(|p| p.matcher.needs_sql()),
-            transactions: policies.iter().any(|p| p.matcher.needs_transactions()),
-        };
+        let want = Want::for_policies(policies);
         let started = std::time::Instant::now();
         let result = self.provider.snapshot(&want).await;
         let elapsed = started.elapsed();

@@ -204,6 +204,11 @@ impl Executor {
             .map(|&(i, pi)| KillRequest {
                 session: snapshot.sessions[i].clone(),
                 action: tick.policies[pi].action,
+                ignored_users: tick.policies[pi]
+                    .ignored_users
+                    .iter()
+                    .filter_map(|g| g.literal().map(str::to_owned))
+                    .collect(),
                 tag: pi,
             })
             .collect();
@@ -222,7 +227,19 @@ impl Executor {
                 transactions,
             )
         };
-        let outcomes = tick.provider.kill(&requests, &check).await;
+        // The snapshot may have aged past its limit while the intents were written.
+        let age = Utc::now() - snapshot.taken_at;
+        let outcomes = match tick.protected.max_snapshot_age {
+            Some(max) if age.to_std().is_ok_and(|a| a > max) => {
+                let why = format!(
+                    "not sent: the snapshot was {} old at kill time, more than max_snapshot_age {}",
+                    crate::core::policy::format_ms(age.num_milliseconds().max(0) as u64),
+                    crate::core::policy::format_duration(max)
+                );
+                requests.iter().map(|_| KillOutcome::without_recheck(KillResult::Changed(why.clone()))).collect()
+            }
+            _ => tick.provider.kill(&requests, &check).await,
+        };
         let done = Utc::now();
         let mut records = Vec::with_capacity(outcomes.len());
         for ((intent, outcome), (req, &(_, pi))) in intents

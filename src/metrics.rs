@@ -18,6 +18,8 @@ pub struct Metrics {
     pub detect_to_kill_seconds: HistogramVec,
     pub recheck_to_kill_seconds: HistogramVec,
     pub provider_requests_total: IntCounterVec,
+    pub provider_request_duration_seconds: HistogramVec,
+    pub provider_kill_results_total: IntCounterVec,
     pub breaker_open: IntGaugeVec,
     pub last_success_timestamp_seconds: GaugeVec,
     pub config_reloads_total: IntCounterVec,
@@ -93,6 +95,14 @@ impl Metrics {
             provider_requests_total: register!(IntCounterVec::new(
                 opts("provider_requests_total", "Requests to providers, by operation and status."),
                 &["provider", "operation", "status"]
+            ).expect("valid")),
+            provider_request_duration_seconds: register!(HistogramVec::new(
+                HistogramOpts::new("provider_request_duration_seconds", "Latency of provider API calls, retries each counted.").namespace(PREFIX).buckets(vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]),
+                &["provider", "operation"]
+            ).expect("valid")),
+            provider_kill_results_total: register!(IntCounterVec::new(
+                opts("provider_kill_results_total", "Per-session kill results as the provider reported them (e.g. SESSION_KILLED, SESSION_IGNORED_USER)."),
+                &["provider", "reason"]
             ).expect("valid")),
             breaker_open: register!(IntGaugeVec::new(
                 opts("breaker_open", "1 while the policy's breaker on the target is open: it kills nothing."),

@@ -163,6 +163,7 @@ fn plan_of_a_malformed_snapshot_names_the_file_and_position() {
         "{}",
         text(&out.stderr)
     );
+    assert!(text(&out.stderr).contains("DescribeMySqlProcessList"), "{}", text(&out.stderr));
 }
 
 #[test]

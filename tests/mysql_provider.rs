@@ -106,10 +106,7 @@ async fn snapshot_without_sql_or_transactions_when_not_wanted() {
     let reaper = db.reaper_user().await;
     let p = provider(&setup, db, &reaper);
     let snap = p
-        .snapshot(&Want {
-            sql: false,
-            transactions: false,
-        })
+        .snapshot(&Want::default())
         .await
         .expect("snapshot");
     assert!(!snap.transactions);
@@ -136,6 +133,7 @@ async fn kill_ends_the_connection_and_reports_gone_for_a_second_try() {
         .map(|s| KillRequest {
             session: s.clone(),
             action: Action::Kill,
+            ignored_users: Vec::new(),
             tag: 0,
         })
         .collect();
@@ -187,6 +185,7 @@ async fn kill_is_skipped_when_the_id_now_belongs_to_another_user() {
             &[KillRequest {
                 session: planned,
                 action: Action::Kill,
+                ignored_users: Vec::new(),
                 tag: 0,
             }],
             &identity,
@@ -235,6 +234,7 @@ async fn kill_query_on_mariadb_ends_only_the_matched_statement() {
             &[KillRequest {
                 session: session.clone(),
                 action: Action::KillQuery,
+                ignored_users: Vec::new(),
                 tag: 0,
             }],
             &identity,
@@ -259,6 +259,7 @@ async fn kill_query_on_mariadb_ends_only_the_matched_statement() {
             &[KillRequest {
                 session,
                 action: Action::KillQuery,
+                ignored_users: Vec::new(),
                 tag: 0,
             }],
             &identity,

@@ -49,6 +49,8 @@ pub struct Target {
     pub factory: Arc<dyn Factory>,
     pub max_snapshot_age: Option<Duration>,
     pub protected_users: Vec<String>,
+    /// Where the target is defined in the config file, for messages.
+    pub defined_at: Pos,
 }
 
 impl Target {
@@ -259,6 +261,18 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
         }
         errors.extend(pdoc.into_errors());
     }
+    // Providers that need the policies of their target (to know what to list).
+    if errors.is_empty() {
+        for i in 0..config.targets.len() {
+            let target = &config.targets[i];
+            let policies = config.policies_for(&target.name);
+            match target.factory.with_policies(&policies) {
+                Ok(Some(factory)) => config.targets[i].factory = factory,
+                Ok(None) => {}
+                Err(e) => doc.error_at(target.defined_at, format!("target `{}`: {e}", target.name), None),
+            }
+        }
+    }
     if config.policies.is_empty() && !doc.has_errors() && errors.is_empty() {
         warnings.push(format!(
             "no policy files (*.yaml) in {}: the daemon will watch but never act",
@@ -450,6 +464,7 @@ fn read_target(item: &Value<'_>, base: &Path) -> Option<Target> {
         .map(|(s, _)| s)
         .collect();
     Some(Target {
+        defined_at: item.pos(),
         name: name?,
         provider: spec.name,
         factory: factory?,

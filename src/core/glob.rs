@@ -96,6 +96,14 @@ impl Glob {
         matches!(self.kind, Kind::Exact(_))
     }
 
+    /// The one value a wildcard-free pattern names (escapes resolved).
+    pub fn literal(&self) -> Option<&str> {
+        match &self.kind {
+            Kind::Exact(s) => Some(s),
+            _ => None,
+        }
+    }
+
     pub fn matches(&self, text: &str) -> bool {
         if self.case_insensitive && !matches!(self.kind, Kind::Any) {
             return self.matches_folded(&text.to_ascii_lowercase());

@@ -95,26 +95,40 @@ pub fn read_snapshot(path: &Path) -> Result<Snapshot, String> {
     parse_snapshot(&text).map_err(|e| format!("{}: {e}", path.display()))
 }
 
-/// Parses our snapshot format.
+/// Parses a snapshot: our own format, or a raw response of one of the cloud
+/// snapshot APIs (recognised by its shape) saved from a console or an API call.
 pub fn parse_snapshot(text: &str) -> Result<Snapshot, String> {
-    let value: serde_json::Value = serde_json::from_str(text)
-        .map_err(|e| format!("not JSON: {e} (line {}, column {})", e.line(), e.column()))?;
+    let value: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| format!("not JSON: {e} (line {}, column {})", e.line(), e.column()))?;
     match value.get("format").and_then(|f| f.as_str()) {
-        Some(Snapshot::FORMAT) => {}
-        Some(other) => {
-            return Err(format!(
-                "unknown snapshot format `{other}` (this version reads `{}`)",
-                Snapshot::FORMAT
-            ));
-        }
-        None => {
-            return Err(format!(
-                "not a session-reaper snapshot: no `\"format\": \"{}\"` field",
-                Snapshot::FORMAT
-            ));
-        }
+        Some(Snapshot::FORMAT) => return serde_json::from_value(value).map_err(|e| format!("bad snapshot: {e}")),
+        Some(other) => return Err(format!("unknown snapshot format `{other}` (this version reads `{}`)", Snapshot::FORMAT)),
+        None => {}
     }
-    serde_json::from_value(value).map_err(|e| format!("bad snapshot: {e}"))
+    let (provider, transactions, sessions) = if value.pointer("/Data/SessionData").is_some() || value.get("SessionData").is_some() {
+        (super::alibaba::NAME, true, super::alibaba::parse_sessions(&value))
+    } else if value.pointer("/Response/ProcessList").is_some() || value.get("ProcessList").is_some() {
+        (super::tencent::NAME, false, super::tencent::parse_sessions(&value))
+    } else if value.get("processes").is_some() {
+        (super::huawei::NAME, true, super::huawei::parse_sessions(&value))
+    } else {
+        return Err(format!(
+            "not a session-reaper snapshot (no `\"format\": \"{}\"`) nor a response of GetMySQLAllSessionAsync, DescribeMySqlProcessList or the Huawei DAS processes API",
+            Snapshot::FORMAT
+        ));
+    };
+    let sessions = sessions.map_err(|e| format!("a {provider} response, but {e}"))?;
+    Ok(Snapshot {
+        format: Snapshot::FORMAT.to_owned(),
+        target: String::new(),
+        provider: provider.to_owned(),
+        taken_at: Utc::now(),
+        server: Default::default(),
+        own_connection_ids: Vec::new(),
+        transactions,
+        partial: None,
+        sessions,
+    })
 }
 
 #[async_trait]

@@ -4,8 +4,12 @@
 //!
 //! Adding a provider is one file here and one line in [`REGISTRY`].
 
+pub mod alibaba;
+pub mod cloud;
 pub mod file;
+pub mod huawei;
 pub mod mysql;
+pub mod tencent;
 
 use std::fmt;
 use std::sync::Arc;
@@ -35,6 +39,11 @@ pub struct Capabilities {
 pub struct Want {
     pub sql: bool,
     pub transactions: bool,
+    /// Filters every due policy shares, which an API may apply server-side (a
+    /// provider may ignore them and return every session).
+    pub user: Option<String>,
+    pub command: Option<String>,
+    pub min_time: Option<Duration>,
 }
 
 impl Want {
@@ -42,6 +51,29 @@ impl Want {
         Want {
             sql: true,
             transactions: true,
+            ..Want::default()
+        }
+    }
+
+    /// What the policies due in a tick need, and the filters they all share.
+    pub fn for_policies(policies: &[&crate::core::policy::Policy]) -> Want {
+        let shared = |pick: &dyn Fn(&crate::core::policy::Match) -> Option<String>| -> Option<String> {
+            let mut values = policies.iter().map(|p| pick(&p.matcher));
+            let first = values.next()??;
+            values.all(|v| v.as_deref() == Some(first.as_str())).then_some(first)
+        };
+        Want {
+            sql: policies.iter().any(|p| p.matcher.needs_sql()),
+            transactions: policies.iter().any(|p| p.matcher.needs_transactions()),
+            user: shared(&|m| match m.user.as_slice() {
+                [one] if m.not_user.is_empty() => one.literal().map(str::to_owned),
+                _ => None,
+            }),
+            command: shared(&|m| match m.command.as_slice() {
+                [one] => crate::config::COMMANDS.iter().find(|c| c.eq_ignore_ascii_case(one)).map(|c| (*c).to_owned()),
+                _ => None,
+            }),
+            min_time: policies.iter().map(|p| p.matcher.min_time).collect::<Option<Vec<_>>>().and_then(|v| v.into_iter().min()),
         }
     }
 }
@@ -51,6 +83,8 @@ impl Want {
 pub struct KillRequest {
     pub session: Session,
     pub action: Action,
+    /// The (literal) ignored users of the policy, for APIs that enforce them too.
+    pub ignored_users: Vec<String>,
     /// The caller's own reference (which policy); providers pass it back untouched.
     pub tag: usize,
 }
@@ -159,6 +193,13 @@ pub trait Factory: Send + Sync + fmt::Debug {
     /// `max_snapshot_age` when the target does not set it (`None`: no limit).
     fn default_max_snapshot_age(&self) -> Option<Duration>;
     fn build(&self, target: &str, metrics: Arc<Metrics>) -> Arc<dyn Provider>;
+
+    /// Called once the policies of the target are known. A provider that needs them
+    /// (to know which users to list) returns an updated factory; an `Err` is a
+    /// configuration error about the target.
+    fn with_policies(&self, _policies: &[&crate::core::policy::Policy]) -> Result<Option<Arc<dyn Factory>>, String> {
+        Ok(None)
+    }
 }
 
 /// How the configuration reads a target of this provider.
@@ -172,7 +213,7 @@ pub struct Spec {
 }
 
 /// Every provider, by the name used in `provider:`.
-pub static REGISTRY: &[Spec] = &[mysql::SPEC, file::SPEC];
+pub static REGISTRY: &[Spec] = &[mysql::SPEC, alibaba::SPEC, tencent::SPEC, huawei::SPEC, file::SPEC];
 
 pub fn spec(name: &str) -> Option<&'static Spec> {
     REGISTRY.iter().find(|s| s.name == name)

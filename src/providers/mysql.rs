@@ -828,6 +828,7 @@ mod tests {
         let req = |s: &Session, action| KillRequest {
             session: s.clone(),
             action,
+            ignored_users: Vec::new(),
             tag: 0,
         };
         assert_eq!(
