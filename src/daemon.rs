@@ -540,7 +540,7 @@ impl Runner {
         if policies.is_empty() {
             return;
         }
-        let protected = self.target.protected();
+        let protected = self.target.protected_for(&snapshot);
         let now = Utc::now();
         let mut plan = plan::plan(&snapshot, policies, &protected, now);
         if !self.target.factory.capabilities().kills {

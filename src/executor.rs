@@ -236,7 +236,10 @@ impl Executor {
                     crate::core::policy::format_ms(age.num_milliseconds().max(0) as u64),
                     crate::core::policy::format_duration(max)
                 );
-                requests.iter().map(|_| KillOutcome::without_recheck(KillResult::Changed(why.clone()))).collect()
+                requests
+                    .iter()
+                    .map(|_| KillOutcome::without_recheck(KillResult::Changed(why.clone())))
+                    .collect()
             }
             _ => tick.provider.kill(&requests, &check).await,
         };

@@ -163,7 +163,11 @@ fn plan_of_a_malformed_snapshot_names_the_file_and_position() {
         "{}",
         text(&out.stderr)
     );
-    assert!(text(&out.stderr).contains("DescribeMySqlProcessList"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("DescribeMySqlProcessList"),
+        "{}",
+        text(&out.stderr)
+    );
 }
 
 #[test]
@@ -604,5 +608,58 @@ fn log_pipe_closed(format: &str) {
             "SIGTERM was not honoured"
         );
         std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn check_reports_cloud_target_errors() {
+    let out = bin()
+        .args(["check", "--config", "tests/data/broken-cloud/config.yaml"])
+        .env("SESSION_REAPER_TEST_AK", "LTAI-not-shown")
+        .env("SESSION_REAPER_TEST_SK", "secret-not-shown")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(!stderr.contains("not-shown"), "no secret in errors");
+    insta::assert_snapshot!("check_broken_cloud", stderr);
+}
+
+#[test]
+fn plan_replays_a_saved_response_of_each_cloud_snapshot_api() {
+    for (file, provider, protected) in [
+        (
+            "alibaba-GetMySQLAllSessionAsync",
+            "alibaba-das",
+            "aliyun_root",
+        ),
+        (
+            "tencent-DescribeMySqlProcessList",
+            "tencent-dbbrain",
+            "tencentroot",
+        ),
+        ("huawei-processes", "huawei-das", "rdsAdmin"),
+    ] {
+        let path = format!("tests/data/vendor/{file}.json");
+        let out = run(&[
+            "plan",
+            "--config",
+            "examples/quickstart.yaml",
+            "--snapshot",
+            &path,
+        ]);
+        assert_eq!(out.status.code(), Some(0), "{file}: {}", text(&out.stderr));
+        let plan = text(&out.stdout);
+        assert!(
+            plan.contains(&format!("replaying {provider} data")),
+            "{plan}"
+        );
+        assert!(
+            plan.contains(&format!(
+                "protected: `{protected}` is on the protected account list"
+            )),
+            "{plan}"
+        );
+        assert_eq!(plan.matches("would-kill").count(), 1, "{plan}");
     }
 }

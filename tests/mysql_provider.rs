@@ -105,10 +105,7 @@ async fn snapshot_without_sql_or_transactions_when_not_wanted() {
     let setup = Setup::new();
     let reaper = db.reaper_user().await;
     let p = provider(&setup, db, &reaper);
-    let snap = p
-        .snapshot(&Want::default())
-        .await
-        .expect("snapshot");
+    let snap = p.snapshot(&Want::default()).await.expect("snapshot");
     assert!(!snap.transactions);
     assert!(
         snap.sessions

@@ -346,7 +346,7 @@ async fn plan_command(
         };
         match snap {
             Ok(s) => {
-                let mut p = plan(&s, &policies, &t.protected(), chrono::Utc::now());
+                let mut p = plan(&s, &policies, &t.protected_for(&s), chrono::Utc::now());
                 if !t.factory.capabilities().kills || recorded.is_some() {
                     p.downgrade_kills();
                 }

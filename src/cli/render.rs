@@ -65,15 +65,19 @@ pub fn plan_text(targets: &[TargetPlan<'_>]) -> String {
             continue;
         }
         let s = &tp.snapshot;
+        let source = if s.provider.is_empty() || s.provider == t.provider {
+            t.provider.to_owned()
+        } else {
+            format!("{}, replaying {} data", t.provider, s.provider)
+        };
         let _ = writeln!(
             out,
-            "target {} ({}): {} session{}",
+            "target {} ({source}): {} session{}",
             t.name,
-            t.provider,
             s.sessions.len(),
             if s.sessions.len() == 1 { "" } else { "s" }
         );
-        let protected = t.protected();
+        let protected = t.protected_for(s);
         if !protected.accounts.is_empty() {
             let _ = writeln!(
                 out,
@@ -213,7 +217,7 @@ pub fn plan_json(targets: &[TargetPlan<'_>]) -> String {
                 "provider": t.provider,
                 "snapshot_time": timestamp(s.taken_at),
                 "blocked": tp.plan.blocked.as_ref().map(ToString::to_string),
-                "protected_accounts": t.protected().accounts,
+                "protected_accounts": t.protected_for(s).accounts,
                 "policies": policies,
                 "sessions": sessions,
             })

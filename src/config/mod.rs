@@ -40,6 +40,9 @@ pub struct Config {
     pub policies: Vec<Policy>,
     /// Things that are valid but probably not what was meant.
     pub warnings: Vec<String>,
+    /// Names of targets that failed validation while the rest was read, so that a
+    /// policy naming one is not reported as naming an unknown target too.
+    pub invalid_targets: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -56,9 +59,7 @@ pub struct Target {
 impl Target {
     /// What is off-limits on this target beyond the built-in protections.
     pub fn protected(&self) -> Protected {
-        let mut accounts: Vec<String> = self
-            .factory
-            .builtin_accounts()
+        let mut accounts: Vec<String> = providers::accounts_of(self.provider)
             .iter()
             .map(|s| (*s).to_owned())
             .collect();
@@ -67,6 +68,18 @@ impl Target {
             accounts,
             max_snapshot_age: self.max_snapshot_age,
         }
+    }
+
+    /// The protections for a snapshot of this target: a replay of another
+    /// provider's output keeps that provider's accounts protected too.
+    pub fn protected_for(&self, snapshot: &crate::core::session::Snapshot) -> Protected {
+        let mut p = self.protected();
+        for a in providers::accounts_of(&snapshot.provider) {
+            if !p.accounts.iter().any(|x| x == a) {
+                p.accounts.push((*a).to_owned());
+            }
+        }
+        p
     }
 }
 
@@ -262,14 +275,18 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
         errors.extend(pdoc.into_errors());
     }
     // Providers that need the policies of their target (to know what to list).
-    if errors.is_empty() {
+    {
         for i in 0..config.targets.len() {
             let target = &config.targets[i];
             let policies = config.policies_for(&target.name);
             match target.factory.with_policies(&policies) {
                 Ok(Some(factory)) => config.targets[i].factory = factory,
                 Ok(None) => {}
-                Err(e) => doc.error_at(target.defined_at, format!("target `{}`: {e}", target.name), None),
+                Err(e) => doc.error_at(
+                    target.defined_at,
+                    format!("target `{}`: {e}", target.name),
+                    None,
+                ),
             }
         }
     }
@@ -349,6 +366,7 @@ fn read_config(doc: &Doc, root: &Spanned<Node>, base: &Path) -> Option<(Config, 
         .and_then(|v| zone(&v))
         .unwrap_or_default();
     let mut targets = Vec::new();
+    let mut invalid_targets = Vec::new();
     if let Some(list) = map.require("targets").and_then(|v| v.list()) {
         if list.is_empty() {
             doc.error_at(
@@ -359,7 +377,18 @@ fn read_config(doc: &Doc, root: &Spanned<Node>, base: &Path) -> Option<(Config, 
         }
         let mut seen = HashSet::new();
         for item in list {
-            if let Some(t) = read_target(&item, base) {
+            let Some(t) = read_target(&item, base) else {
+                if let Node::Map(entries) = item.node()
+                    && let Some(Node::Str(name)) = entries
+                        .iter()
+                        .find(|(k, _)| k.value == "name")
+                        .map(|(_, v)| &v.value)
+                {
+                    invalid_targets.push(name.clone());
+                }
+                continue;
+            };
+            {
                 if !seen.insert(t.name.clone()) {
                     item.error(
                         format!("a target named `{}` is defined twice", t.name),
@@ -382,6 +411,7 @@ fn read_config(doc: &Doc, root: &Spanned<Node>, base: &Path) -> Option<(Config, 
             targets,
             policies: Vec::new(),
             warnings: Vec::new(),
+            invalid_targets,
         },
         policies_pos,
     ))
@@ -509,7 +539,9 @@ pub fn read_policy(map: &Map<'_>, file: &Path, config: &Config) -> Option<Policy
             let items = v.strings().unwrap_or_default();
             for (pattern, pos) in &items {
                 let g = Glob::new(pattern);
-                if !config.targets.iter().any(|t| g.matches(&t.name)) {
+                if !config.targets.iter().any(|t| g.matches(&t.name))
+                    && !config.invalid_targets.iter().any(|t| g.matches(t))
+                {
                     let names: Vec<&str> = config.targets.iter().map(|t| t.name.as_str()).collect();
                     let hint = match error::nearest(pattern, &names) {
                         Some(n) => format!("did you mean `{n}`?"),
@@ -578,22 +610,14 @@ pub fn read_policy(map: &Map<'_>, file: &Path, config: &Config) -> Option<Policy
         .filter(|t| targets.is_empty() || targets.iter().any(|g| g.matches(&t.name)))
         .collect();
     if let (Some(Action::KillQuery), Some(v)) = (action, map.get("action")) {
-        let without: Vec<&str> = applies
+        let without: Vec<String> = applies
             .iter()
             .filter(|t| !t.factory.capabilities().kill_query)
-            .map(|t| t.name.as_str())
+            .map(|t| format!("{} ({})", t.name, t.provider))
             .collect();
         if !without.is_empty() {
             v.error(
-                format!(
-                    "`kill-query` is not possible on {} (provider {})",
-                    without.join(", "),
-                    applies
-                        .iter()
-                        .find(|t| t.name == without[0])
-                        .map(|t| t.provider)
-                        .unwrap_or("")
-                ),
+                format!("`kill-query` is not possible on {}", without.join(", ")),
                 Some(
                     "cloud APIs end whole sessions: use `action: kill`, or narrow `targets`"
                         .to_owned(),

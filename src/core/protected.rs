@@ -64,7 +64,7 @@ impl fmt::Display for Protection {
             Protection::OwnConnection => f.write_str("our own connection"),
             Protection::UnreadableUser => f.write_str("its user cannot be read"),
             Protection::Thread(t) => write!(f, "{t}"),
-            Protection::ProviderAccount(a) => write!(f, "protected account `{a}`"),
+            Protection::ProviderAccount(a) => write!(f, "`{a}` is on the protected account list"),
         }
     }
 }

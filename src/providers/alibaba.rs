@@ -20,10 +20,12 @@ use chrono::Utc;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
 
-use super::cloud::{self, Client, CloudError, ErrorKind, Request, Response, Retry, json_bool, json_string, json_u64};
+use super::cloud::{
+    self, Client, CloudError, ErrorKind, Request, Response, Retry, json_bool, json_string, json_u64,
+};
 use super::{
-    Capabilities, Factory, KillOutcome, KillRequest, KillResult, Provider, ProviderError, Recheck, Rechecker, Spec,
-    Want,
+    Capabilities, Factory, KillOutcome, KillRequest, KillResult, Provider, ProviderError, Recheck,
+    Rechecker, Spec, Want,
 };
 use crate::config::secret;
 use crate::config::yaml::Map;
@@ -52,26 +54,47 @@ pub const SPEC: Spec = Spec {
         "timeout",
         "rate_limit",
     ],
+    accounts: BUILTIN_ACCOUNTS,
     parse,
 };
 
 /// Alibaba Cloud's own accounts on RDS/PolarDB for MySQL (the `maintain_user_list`
 /// of AliSQL) and MySQL's internal ones.
-const BUILTIN_ACCOUNTS: &[&str] = &["aliyun_root", "aurora", "replicator", "mysql.session", "mysql.sys", "mysql.infoschema"];
+const BUILTIN_ACCOUNTS: &[&str] = &[
+    "aliyun_root",
+    "aurora",
+    "replicator",
+    "mysql.session",
+    "mysql.sys",
+    "mysql.infoschema",
+];
 
 fn parse(map: &Map<'_>, base: &Path) -> Option<Arc<dyn Factory>> {
-    let region = map.get("region").and_then(|v| v.name().map(str::to_owned)).unwrap_or_else(|| "cn-shanghai".to_owned());
+    let region = map
+        .get("region")
+        .and_then(|v| v.name().map(str::to_owned))
+        .unwrap_or_else(|| "cn-shanghai".to_owned());
     let settings = cloud::read_settings(map, &format!("https://das.{region}.aliyuncs.com"), RATE);
-    let instance_id = map.require("instance_id").and_then(|v| v.name().map(str::to_owned));
+    let instance_id = map
+        .require("instance_id")
+        .and_then(|v| v.name().map(str::to_owned));
     let node_id = map.get("node_id").and_then(|v| v.name().map(str::to_owned));
-    let access_key_id = map.require("access_key_id").and_then(|v| secret::read(&v, base));
-    let access_key_secret = map.require("access_key_secret").and_then(|v| secret::read(&v, base));
+    let access_key_id = map
+        .require("access_key_id")
+        .and_then(|v| secret::read(&v, base));
+    let access_key_secret = map
+        .require("access_key_secret")
+        .and_then(|v| secret::read(&v, base));
     let security_token = match map.get("security_token") {
         Some(v) => Some(secret::read(&v, base)?),
         None => None,
     };
-    let db_user = map.require("db_user").and_then(|v| v.name().map(str::to_owned));
-    let db_password = map.require("db_password").and_then(|v| secret::read(&v, base));
+    let db_user = map
+        .require("db_user")
+        .and_then(|v| v.name().map(str::to_owned));
+    let db_password = map
+        .require("db_password")
+        .and_then(|v| secret::read(&v, base));
     let poll_interval = match map.get("poll_interval") {
         Some(v) => v.duration()?,
         None => Duration::from_millis(500),
@@ -117,10 +140,6 @@ impl Factory for AlibabaFactory {
         }
     }
 
-    fn builtin_accounts(&self) -> &'static [&'static str] {
-        BUILTIN_ACCOUNTS
-    }
-
     fn default_max_snapshot_age(&self) -> Option<Duration> {
         Some(Duration::from_secs(60))
     }
@@ -144,18 +163,33 @@ pub struct AlibabaProvider {
 
 impl AlibabaProvider {
     /// One signed RPC call; returns `Data` of the envelope.
-    async fn rpc(&self, action: &'static str, params: Vec<(String, String)>, retry: Retry) -> Result<Value, CloudError> {
+    async fn rpc(
+        &self,
+        action: &'static str,
+        params: Vec<(String, String)>,
+        retry: Retry,
+    ) -> Result<Value, CloudError> {
         let host = self.client.host().to_owned();
         let ak = self.cfg.access_key_id.expose_secret().to_owned();
         let sk = self.cfg.access_key_secret.expose_secret().to_owned();
-        let token = self.cfg.security_token.as_ref().map(|t| t.expose_secret().to_owned());
+        let token = self
+            .cfg
+            .security_token
+            .as_ref()
+            .map(|t| t.expose_secret().to_owned());
         let build = move || {
             let mut headers = vec![
                 ("host".to_owned(), host.clone()),
                 ("x-acs-action".to_owned(), action.to_owned()),
                 ("x-acs-version".to_owned(), VERSION.to_owned()),
-                ("x-acs-date".to_owned(), Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string()),
-                ("x-acs-signature-nonce".to_owned(), format!("{:032x}", rand::random::<u128>())),
+                (
+                    "x-acs-date".to_owned(),
+                    Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string(),
+                ),
+                (
+                    "x-acs-signature-nonce".to_owned(),
+                    format!("{:032x}", rand::random::<u128>()),
+                ),
             ];
             if let Some(t) = &token {
                 headers.push(("x-acs-security-token".to_owned(), t.clone()));
@@ -183,7 +217,10 @@ impl AlibabaProvider {
     fn base_params(&self) -> Vec<(String, String)> {
         vec![
             ("InstanceId".to_owned(), self.cfg.instance_id.clone()),
-            ("NodeId".to_owned(), self.cfg.node_id.clone().unwrap_or_default()),
+            (
+                "NodeId".to_owned(),
+                self.cfg.node_id.clone().unwrap_or_default(),
+            ),
         ]
     }
 
@@ -202,22 +239,38 @@ fn check_envelope(api: &'static str, r: &Response) -> Result<Value, CloudError> 
     let doc: Value = match serde_json::from_str(&text) {
         Ok(v) => v,
         Err(e) => {
-            let kind = if r.status >= 500 { ErrorKind::Server } else { ErrorKind::Malformed };
+            let kind = if r.status >= 500 {
+                ErrorKind::Server
+            } else {
+                ErrorKind::Malformed
+            };
             let mut err = CloudError::malformed(NAME, api, format!("HTTP {}: {e}", r.status));
             err.kind = kind;
             err.request_id = r.request_id.clone();
             return Err(err);
         }
     };
-    let request_id = doc.get("RequestId").and_then(json_string).or_else(|| r.request_id.clone());
+    let request_id = doc
+        .get("RequestId")
+        .and_then(json_string)
+        .or_else(|| r.request_id.clone());
     let code = doc.get("Code").and_then(json_string).unwrap_or_default();
     let success = doc.get("Success").and_then(json_bool);
-    let ok = r.status < 400 && success != Some(false) && (code.is_empty() || code == "200" || success == Some(true));
+    let ok = r.status < 400
+        && success != Some(false)
+        && (code.is_empty() || code == "200" || success == Some(true));
     if ok {
         return Ok(doc.get("Data").cloned().unwrap_or(Value::Null));
     }
-    let message = doc.get("Message").and_then(json_string).unwrap_or_else(|| format!("HTTP {}", r.status));
-    let code = if code.is_empty() { format!("HTTP{}", r.status) } else { code };
+    let message = doc
+        .get("Message")
+        .and_then(json_string)
+        .unwrap_or_else(|| format!("HTTP {}", r.status));
+    let code = if code.is_empty() {
+        format!("HTTP{}", r.status)
+    } else {
+        code
+    };
     let kind = classify(r.status, &code);
     Err(CloudError {
         provider: NAME,
@@ -232,13 +285,25 @@ fn check_envelope(api: &'static str, r: &Response) -> Result<Value, CloudError> 
 fn classify(status: u16, code: &str) -> ErrorKind {
     if code.starts_with("Throttling") || status == 429 {
         ErrorKind::Throttled
-    } else if status >= 500 || code.starts_with("InternalError") || code.starts_with("ServiceUnavailable") {
+    } else if status >= 500
+        || code.starts_with("InternalError")
+        || code.starts_with("ServiceUnavailable")
+    {
         ErrorKind::Server
     } else if status == 401
         || status == 403
-        || ["InvalidAccessKeyId", "SignatureDoesNotMatch", "IncompleteSignature", "InvalidTimeStamp", "Forbidden", "NoPermission", "InvalidSecurityToken", "SignatureNonceUsed"]
-            .iter()
-            .any(|p| code.starts_with(p))
+        || [
+            "InvalidAccessKeyId",
+            "SignatureDoesNotMatch",
+            "IncompleteSignature",
+            "InvalidTimeStamp",
+            "Forbidden",
+            "NoPermission",
+            "InvalidSecurityToken",
+            "SignatureNonceUsed",
+        ]
+        .iter()
+        .any(|p| code.starts_with(p))
     {
         ErrorKind::Auth
     } else {
@@ -258,14 +323,27 @@ pub fn parse_sessions(data: &Value) -> Result<Vec<Session>, String> {
         .get("SessionList")
         .and_then(Value::as_array)
         .ok_or("no SessionData.SessionList in the response")?;
-    list.iter().enumerate().map(|(i, row)| session(row).map_err(|e| format!("SessionList[{i}]: {e}"))).collect()
+    list.iter()
+        .enumerate()
+        .map(|(i, row)| session(row).map_err(|e| format!("SessionList[{i}]: {e}")))
+        .collect()
 }
 
 fn session(row: &Value) -> Result<Session, String> {
     let field = |k: &str| row.get(k).and_then(json_string).filter(|s| !s.is_empty());
-    let id = row.get("SessionId").and_then(json_u64).ok_or("no readable SessionId")?;
-    let time_s = row.get("Time").map(|v| json_u64(v).ok_or("Time is not a number")).transpose()?.unwrap_or(0);
-    let trx = match (field("TrxId").filter(|t| t != "0"), row.get("TrxDuration").and_then(json_u64)) {
+    let id = row
+        .get("SessionId")
+        .and_then(json_u64)
+        .ok_or("no readable SessionId")?;
+    let time_s = row
+        .get("Time")
+        .map(|v| json_u64(v).ok_or("Time is not a number"))
+        .transpose()?
+        .unwrap_or(0);
+    let trx = match (
+        field("TrxId").filter(|t| t != "0"),
+        row.get("TrxDuration").and_then(json_u64),
+    ) {
         (Some(id), age) => Some(Transaction {
             id,
             age_ms: age.unwrap_or(0).saturating_mul(1000),
@@ -301,13 +379,22 @@ pub fn reason_result(reason: &str) -> KillResult {
     match reason {
         "SESSION_KILLED" => KillResult::Killed,
         "SESSION_EXPIRED" => KillResult::Gone,
-        "SESSION_IGNORED_USER" => KillResult::Refused("DAS: an ignored user (SESSION_IGNORED_USER)".to_owned()),
-        "SESSION_INTERNAL_USER_OR_COMMAND" => {
-            KillResult::Refused("DAS: an Alibaba Cloud O&M account or command (SESSION_INTERNAL_USER_OR_COMMAND)".to_owned())
+        "SESSION_IGNORED_USER" => {
+            KillResult::Refused("DAS: an ignored user (SESSION_IGNORED_USER)".to_owned())
         }
-        "SESSION_NO_PERMISSION" => KillResult::Refused("DAS: db_user may not kill it (SESSION_NO_PERMISSION)".to_owned()),
-        "SESSION_ACCOUNT_ERROR" => KillResult::Failed("DAS: db_user or db_password is wrong (SESSION_ACCOUNT_ERROR)".to_owned()),
-        "SESSION_KILL_TASK_TIMEOUT" => KillResult::Unknown("DAS: the kill timed out (SESSION_KILL_TASK_TIMEOUT)".to_owned()),
+        "SESSION_INTERNAL_USER_OR_COMMAND" => KillResult::Refused(
+            "DAS: an Alibaba Cloud O&M account or command (SESSION_INTERNAL_USER_OR_COMMAND)"
+                .to_owned(),
+        ),
+        "SESSION_NO_PERMISSION" => {
+            KillResult::Refused("DAS: db_user may not kill it (SESSION_NO_PERMISSION)".to_owned())
+        }
+        "SESSION_ACCOUNT_ERROR" => KillResult::Failed(
+            "DAS: db_user or db_password is wrong (SESSION_ACCOUNT_ERROR)".to_owned(),
+        ),
+        "SESSION_KILL_TASK_TIMEOUT" => {
+            KillResult::Unknown("DAS: the kill timed out (SESSION_KILL_TASK_TIMEOUT)".to_owned())
+        }
         "SESSION_OTHER_ERROR" => KillResult::Failed("DAS: SESSION_OTHER_ERROR".to_owned()),
         other => KillResult::Unknown(format!("DAS: unknown reason `{other}`")),
     }
@@ -337,12 +424,25 @@ impl Provider for AlibabaProvider {
             sessions: Vec::new(),
         };
         loop {
-            let data = self.rpc("GetMySQLAllSessionAsync", params.clone(), Retry::Read).await.map_err(|e| self.err(e))?;
-            if data.get("Fail").and_then(json_bool) == Some(true) || data.get("State").and_then(Value::as_str) == Some("FAIL") {
-                return Err(self.err(CloudError::new(NAME, "GetMySQLAllSessionAsync", ErrorKind::Server, "Fail", "the asynchronous session query failed")));
+            let data = self
+                .rpc("GetMySQLAllSessionAsync", params.clone(), Retry::Read)
+                .await
+                .map_err(|e| self.err(e))?;
+            if data.get("Fail").and_then(json_bool) == Some(true)
+                || data.get("State").and_then(Value::as_str) == Some("FAIL")
+            {
+                return Err(self.err(CloudError::new(
+                    NAME,
+                    "GetMySQLAllSessionAsync",
+                    ErrorKind::Server,
+                    "Fail",
+                    "the asynchronous session query failed",
+                )));
             }
             if data.get("IsFinish").and_then(json_bool) == Some(true) {
-                let sessions = parse_sessions(&data).map_err(|e| self.err(CloudError::malformed(NAME, "GetMySQLAllSessionAsync", e)))?;
+                let sessions = parse_sessions(&data).map_err(|e| {
+                    self.err(CloudError::malformed(NAME, "GetMySQLAllSessionAsync", e))
+                })?;
                 return Ok(Snapshot {
                     partial: None,
                     sessions,
@@ -353,9 +453,16 @@ impl Provider for AlibabaProvider {
                     ..partial(String::new())
                 });
             }
-            let result_id = data.get("ResultId").and_then(json_string).unwrap_or_default();
+            let result_id = data
+                .get("ResultId")
+                .and_then(json_string)
+                .unwrap_or_default();
             if result_id.is_empty() {
-                return Err(self.err(CloudError::malformed(NAME, "GetMySQLAllSessionAsync", "neither finished nor a ResultId to poll")));
+                return Err(self.err(CloudError::malformed(
+                    NAME,
+                    "GetMySQLAllSessionAsync",
+                    "neither finished nor a ResultId to poll",
+                )));
             }
             if tokio::time::Instant::now() + self.cfg.poll_interval > deadline {
                 return Ok(partial(format!(
@@ -379,23 +486,45 @@ impl Provider for AlibabaProvider {
             .map(|r| match recheck(r, Some(&r.session)) {
                 Recheck::Proceed => None,
                 Recheck::Gone => Some(KillOutcome::without_recheck(KillResult::Gone)),
-                Recheck::Changed(why) => Some(KillOutcome::without_recheck(KillResult::Changed(why))),
+                Recheck::Changed(why) => {
+                    Some(KillOutcome::without_recheck(KillResult::Changed(why)))
+                }
             })
             .collect();
-        let ids: Vec<u64> = requests.iter().zip(&outcomes).filter(|(_, o)| o.is_none()).map(|(r, _)| r.session.id).collect();
+        let ids: Vec<u64> = requests
+            .iter()
+            .zip(&outcomes)
+            .filter(|(_, o)| o.is_none())
+            .map(|(r, _)| r.session.id)
+            .collect();
         if ids.is_empty() {
-            return outcomes.into_iter().map(|o| o.unwrap_or_else(|| KillOutcome::without_recheck(KillResult::Gone))).collect();
+            return outcomes
+                .into_iter()
+                .map(|o| o.unwrap_or_else(|| KillOutcome::without_recheck(KillResult::Gone)))
+                .collect();
         }
-        let mut ignored: Vec<String> = requests.iter().flat_map(|r| r.ignored_users.iter().cloned()).collect();
+        let mut ignored: Vec<String> = requests
+            .iter()
+            .flat_map(|r| r.ignored_users.iter().cloned())
+            .collect();
         ignored.sort();
         ignored.dedup();
         let mut params = self.base_params();
         params.extend([
             ("DbUser".to_owned(), self.cfg.db_user.clone()),
-            ("DbUserPassword".to_owned(), self.cfg.db_password.expose_secret().to_owned()),
-            ("IgnoredUsers".to_owned(), serde_json::to_string(&ignored).unwrap_or_else(|_| "[]".to_owned())),
+            (
+                "DbUserPassword".to_owned(),
+                self.cfg.db_password.expose_secret().to_owned(),
+            ),
+            (
+                "IgnoredUsers".to_owned(),
+                serde_json::to_string(&ignored).unwrap_or_else(|_| "[]".to_owned()),
+            ),
             ("KillAllSessions".to_owned(), "false".to_owned()),
-            ("SessionIds".to_owned(), serde_json::to_string(&ids).unwrap_or_else(|_| "[]".to_owned())),
+            (
+                "SessionIds".to_owned(),
+                serde_json::to_string(&ids).unwrap_or_else(|_| "[]".to_owned()),
+            ),
         ]);
         let sent_at = std::time::Instant::now();
         let fill = |outcomes: &mut Vec<Option<KillOutcome>>, result: KillResult| {
@@ -407,11 +536,19 @@ impl Provider for AlibabaProvider {
                 });
             }
         };
-        let task = match self.rpc("CreateKillInstanceSessionTask", params, Retry::Change).await {
+        let task = match self
+            .rpc("CreateKillInstanceSessionTask", params, Retry::Change)
+            .await
+        {
             Ok(data) => match json_string(&data).filter(|s| !s.is_empty()) {
                 Some(t) => t,
                 None => {
-                    fill(&mut outcomes, KillResult::Unknown("CreateKillInstanceSessionTask returned no task id".to_owned()));
+                    fill(
+                        &mut outcomes,
+                        KillResult::Unknown(
+                            "CreateKillInstanceSessionTask returned no task id".to_owned(),
+                        ),
+                    );
                     return finish(outcomes);
                 }
             },
@@ -429,14 +566,26 @@ impl Provider for AlibabaProvider {
         let mut params = self.base_params();
         params.push(("TaskId".to_owned(), task.clone()));
         let result = loop {
-            match self.rpc("GetKillInstanceSessionTaskResult", params.clone(), Retry::Read).await {
+            match self
+                .rpc(
+                    "GetKillInstanceSessionTaskResult",
+                    params.clone(),
+                    Retry::Read,
+                )
+                .await
+            {
                 Ok(data) => {
-                    let state = data.get("TaskState").and_then(json_string).unwrap_or_default();
+                    let state = data
+                        .get("TaskState")
+                        .and_then(json_string)
+                        .unwrap_or_default();
                     if state != "RUNNING" && !state.is_empty() {
                         break Ok((state, data));
                     }
                 }
-                Err(e) if tokio::time::Instant::now() + self.cfg.poll_interval > deadline => break Err(e.to_string()),
+                Err(e) if tokio::time::Instant::now() + self.cfg.poll_interval > deadline => {
+                    break Err(e.to_string());
+                }
                 Err(_) => {}
             }
             if tokio::time::Instant::now() + self.cfg.poll_interval > deadline {
@@ -459,7 +608,12 @@ impl Provider for AlibabaProvider {
             .and_then(Value::as_array)
             .map(|rows| {
                 rows.iter()
-                    .filter_map(|r| Some((r.get("Id").and_then(json_u64)?, r.get("Reason").and_then(json_string)?)))
+                    .filter_map(|r| {
+                        Some((
+                            r.get("Id").and_then(json_u64)?,
+                            r.get("Reason").and_then(json_string)?,
+                        ))
+                    })
                     .collect()
             })
             .unwrap_or_default();
@@ -469,11 +623,20 @@ impl Provider for AlibabaProvider {
             }
             let result = match reasons.get(&req.session.id) {
                 Some(reason) => {
-                    self.metrics.provider_kill_results_total.with_label_values(&[NAME, reason]).inc();
+                    self.metrics
+                        .provider_kill_results_total
+                        .with_label_values(&[NAME, reason])
+                        .inc();
                     reason_result(reason)
                 }
-                None if state == "SUCCESS" => KillResult::Unknown(format!("task {task} succeeded but did not report session {}", req.session.id)),
-                None => KillResult::Failed(format!("task {task} ended {state} without a result for session {}", req.session.id)),
+                None if state == "SUCCESS" => KillResult::Unknown(format!(
+                    "task {task} succeeded but did not report session {}",
+                    req.session.id
+                )),
+                None => KillResult::Failed(format!(
+                    "task {task} ended {state} without a result for session {}",
+                    req.session.id
+                )),
             };
             *out = Some(KillOutcome {
                 result,
@@ -488,7 +651,11 @@ impl Provider for AlibabaProvider {
 fn finish(outcomes: Vec<Option<KillOutcome>>) -> Vec<KillOutcome> {
     outcomes
         .into_iter()
-        .map(|o| o.unwrap_or_else(|| KillOutcome::without_recheck(KillResult::Failed("not attempted".to_owned()))))
+        .map(|o| {
+            o.unwrap_or_else(|| {
+                KillOutcome::without_recheck(KillResult::Failed("not attempted".to_owned()))
+            })
+        })
         .collect()
 }
 
@@ -536,12 +703,18 @@ mod tests {
             body: br#"{"Code":"Throttling.User","Message":"Request was denied due to user flow control.","Success":false}"#.to_vec(),
             request_id: None,
         };
-        assert_eq!(check_envelope("X", &r).unwrap_err().kind, ErrorKind::Throttled);
+        assert_eq!(
+            check_envelope("X", &r).unwrap_err().kind,
+            ErrorKind::Throttled
+        );
         let truncated = Response {
             status: 200,
             body: br#"{"Code":200,"Data":{"IsFin"#.to_vec(),
             request_id: None,
         };
-        assert_eq!(check_envelope("X", &truncated).unwrap_err().kind, ErrorKind::Malformed);
+        assert_eq!(
+            check_envelope("X", &truncated).unwrap_err().kind,
+            ErrorKind::Malformed
+        );
     }
 }

@@ -39,11 +39,17 @@ impl Endpoint {
             return Err(format!("`{url}` names no host"));
         }
         if rest.trim_end_matches('/') != authority {
-            return Err(format!("`{url}` has a path; give only scheme, host and port"));
+            return Err(format!(
+                "`{url}` has a path; give only scheme, host and port"
+            ));
         }
         let host_only = match authority.strip_prefix('[') {
             Some(v6) => v6.split(']').next().unwrap_or_default().to_owned(),
-            None => authority.rsplit_once(':').map(|(h, _)| h).unwrap_or(authority).to_owned(),
+            None => authority
+                .rsplit_once(':')
+                .map(|(h, _)| h)
+                .unwrap_or(authority)
+                .to_owned(),
         };
         match scheme {
             "https" => {}
@@ -76,14 +82,24 @@ pub struct Settings {
 
 /// Reads `endpoint`, `timeout` and `rate_limit` (defaults: the vendor's endpoint,
 /// 10 s, the vendor's published limit).
-pub fn read_settings(map: &Map<'_>, default_endpoint: &str, published_rate: u32) -> Option<Settings> {
+pub fn read_settings(
+    map: &Map<'_>,
+    default_endpoint: &str,
+    published_rate: u32,
+) -> Option<Settings> {
     let endpoint = match map.get("endpoint") {
         Some(v) => {
             let s = v.str()?;
             match Endpoint::parse(s) {
                 Ok(e) => e,
                 Err(e) => {
-                    v.error(format!("`endpoint`: {e}"), Some("https://host[:port], or http://127.0.0.1:port for an emulator".to_owned()));
+                    v.error(
+                        format!("`endpoint`: {e}"),
+                        Some(
+                            "https://host[:port], or http://127.0.0.1:port for an emulator"
+                                .to_owned(),
+                        ),
+                    );
                     return None;
                 }
             }
@@ -105,7 +121,10 @@ pub fn read_settings(map: &Map<'_>, default_endpoint: &str, published_rate: u32)
                 return None;
             }
             n => {
-                v.error(format!("`rate_limit` must be 1 to {published_rate}, not {n}"), None);
+                v.error(
+                    format!("`rate_limit` must be 1 to {published_rate}, not {n}"),
+                    None,
+                );
                 return None;
             }
         },
@@ -150,7 +169,11 @@ pub struct CloudError {
 
 impl fmt::Display for CloudError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} {}: {}: {}", self.provider, self.api, self.code, self.message)?;
+        write!(
+            f,
+            "{} {}: {}: {}",
+            self.provider, self.api, self.code, self.message
+        )?;
         if let Some(id) = &self.request_id {
             write!(f, " (request id {id})")?;
         }
@@ -161,7 +184,13 @@ impl fmt::Display for CloudError {
 impl std::error::Error for CloudError {}
 
 impl CloudError {
-    pub fn new(provider: &'static str, api: &'static str, kind: ErrorKind, code: impl Into<String>, message: impl Into<String>) -> CloudError {
+    pub fn new(
+        provider: &'static str,
+        api: &'static str,
+        kind: ErrorKind,
+        code: impl Into<String>,
+        message: impl Into<String>,
+    ) -> CloudError {
         CloudError {
             provider,
             api,
@@ -172,19 +201,36 @@ impl CloudError {
         }
     }
 
-    pub fn malformed(provider: &'static str, api: &'static str, why: impl fmt::Display) -> CloudError {
-        CloudError::new(provider, api, ErrorKind::Malformed, "MalformedResponse", format!("cannot read the response: {why}"))
+    pub fn malformed(
+        provider: &'static str,
+        api: &'static str,
+        why: impl fmt::Display,
+    ) -> CloudError {
+        CloudError::new(
+            provider,
+            api,
+            ErrorKind::Malformed,
+            "MalformedResponse",
+            format!("cannot read the response: {why}"),
+        )
     }
 
     /// Whether the request surely did not take effect (so resending is safe).
     pub fn surely_not_applied(&self) -> bool {
-        matches!(self.kind, ErrorKind::Throttled | ErrorKind::Connect | ErrorKind::Auth | ErrorKind::Client)
+        matches!(
+            self.kind,
+            ErrorKind::Throttled | ErrorKind::Connect | ErrorKind::Auth | ErrorKind::Client
+        )
     }
 
     fn retryable_read(&self) -> bool {
         matches!(
             self.kind,
-            ErrorKind::Throttled | ErrorKind::Server | ErrorKind::Timeout | ErrorKind::Connect | ErrorKind::Network
+            ErrorKind::Throttled
+                | ErrorKind::Server
+                | ErrorKind::Timeout
+                | ErrorKind::Connect
+                | ErrorKind::Network
         )
     }
 
@@ -254,7 +300,10 @@ impl RateLimiter {
                 };
                 let q = sent.entry(api).or_default();
                 let now = Instant::now();
-                while q.front().is_some_and(|t| now.duration_since(*t) >= Duration::from_secs(1)) {
+                while q
+                    .front()
+                    .is_some_and(|t| now.duration_since(*t) >= Duration::from_secs(1))
+                {
                     q.pop_front();
                 }
                 if q.len() < self.per_second as usize {
@@ -262,9 +311,13 @@ impl RateLimiter {
                     return;
                 }
                 // The oldest call leaves the window at front + 1 s.
-                q.front().map(|t| Duration::from_secs(1).saturating_sub(now.duration_since(*t)))
+                q.front()
+                    .map(|t| Duration::from_secs(1).saturating_sub(now.duration_since(*t)))
             };
-            tokio::time::sleep(wait.unwrap_or(Duration::from_millis(10)) + Duration::from_micros(100)).await;
+            tokio::time::sleep(
+                wait.unwrap_or(Duration::from_millis(10)) + Duration::from_micros(100),
+            )
+            .await;
         }
     }
 }
@@ -314,7 +367,10 @@ impl Client {
             attempt += 1;
             self.limiter.acquire(api).await;
             let started = Instant::now();
-            let result = self.send_once(api, build()).await.and_then(|r| check(&r).map(|()| r));
+            let result = self
+                .send_once(api, build())
+                .await
+                .and_then(|r| check(&r).map(|()| r));
             self.metrics
                 .provider_request_duration_seconds
                 .with_label_values(&[self.provider, api])
@@ -350,12 +406,29 @@ impl Client {
         if !req.body.is_empty() {
             builder = builder.body(req.body);
         }
-        let err = |kind, code: &str, message: String| CloudError::new(self.provider, api, kind, code, message);
+        let err = |kind, code: &str, message: String| {
+            CloudError::new(self.provider, api, kind, code, message)
+        };
         let mut resp = builder.send().await.map_err(|e| {
             if e.is_timeout() {
-                err(ErrorKind::Timeout, "Timeout", format!("no answer within {}", crate::core::policy::format_duration(self.settings.timeout)))
+                err(
+                    ErrorKind::Timeout,
+                    "Timeout",
+                    format!(
+                        "no answer within {}",
+                        crate::core::policy::format_duration(self.settings.timeout)
+                    ),
+                )
             } else if e.is_connect() {
-                err(ErrorKind::Connect, "ConnectError", format!("cannot connect to {}: {}", self.settings.endpoint.base, source_text(&e)))
+                err(
+                    ErrorKind::Connect,
+                    "ConnectError",
+                    format!(
+                        "cannot connect to {}: {}",
+                        self.settings.endpoint.base,
+                        source_text(&e)
+                    ),
+                )
             } else {
                 err(ErrorKind::Network, "NetworkError", source_text(&e))
             }
@@ -371,15 +444,29 @@ impl Client {
             match resp.chunk().await {
                 Ok(Some(chunk)) => {
                     if body.len() + chunk.len() > MAX_BODY {
-                        return Err(err(ErrorKind::Malformed, "ResponseTooLarge", format!("the response is larger than {} MiB", MAX_BODY >> 20)));
+                        return Err(err(
+                            ErrorKind::Malformed,
+                            "ResponseTooLarge",
+                            format!("the response is larger than {} MiB", MAX_BODY >> 20),
+                        ));
                     }
                     body.extend_from_slice(&chunk);
                 }
                 Ok(None) => break,
                 Err(e) if e.is_timeout() => {
-                    return Err(err(ErrorKind::Timeout, "Timeout", "the response body did not arrive in time".to_owned()));
+                    return Err(err(
+                        ErrorKind::Timeout,
+                        "Timeout",
+                        "the response body did not arrive in time".to_owned(),
+                    ));
                 }
-                Err(e) => return Err(err(ErrorKind::Network, "NetworkError", format!("the response broke off: {}", source_text(&e)))),
+                Err(e) => {
+                    return Err(err(
+                        ErrorKind::Network,
+                        "NetworkError",
+                        format!("the response broke off: {}", source_text(&e)),
+                    ));
+                }
             }
         }
         Ok(Response {
@@ -402,10 +489,17 @@ fn source_text(e: &reqwest::Error) -> String {
 /// A number that may arrive as a JSON number or a string (`"6"`, `6`, `6.0`).
 pub fn json_u64(v: &serde_json::Value) -> Option<u64> {
     match v {
-        serde_json::Value::Number(n) => n.as_u64().or_else(|| n.as_f64().filter(|f| *f >= 0.0).map(|f| f as u64)),
+        serde_json::Value::Number(n) => n
+            .as_u64()
+            .or_else(|| n.as_f64().filter(|f| *f >= 0.0).map(|f| f as u64)),
         serde_json::Value::String(s) => {
             let t = s.trim();
-            t.parse::<u64>().ok().or_else(|| t.parse::<f64>().ok().filter(|f| *f >= 0.0).map(|f| f as u64))
+            t.parse::<u64>().ok().or_else(|| {
+                t.parse::<f64>()
+                    .ok()
+                    .filter(|f| *f >= 0.0)
+                    .map(|f| f as u64)
+            })
         }
         _ => None,
     }
@@ -449,7 +543,11 @@ mod tests {
         assert_eq!(e.host, "127.0.0.1:8080");
         assert!(Endpoint::parse("http://[::1]:9000").is_ok());
         assert!(Endpoint::parse("http://localhost:9000").is_ok());
-        assert!(Endpoint::parse("http://10.0.0.5:8080").unwrap_err().contains("unencrypted"));
+        assert!(
+            Endpoint::parse("http://10.0.0.5:8080")
+                .unwrap_err()
+                .contains("unencrypted")
+        );
         assert!(Endpoint::parse("ftp://x").is_err());
         assert!(Endpoint::parse("https://x/path").is_err());
         assert!(Endpoint::parse("das.aliyuncs.com").is_err());
@@ -466,7 +564,10 @@ mod tests {
         }
         // No window of one second holds more than 20 calls.
         for (i, t) in times.iter().enumerate() {
-            let in_window = times[i..].iter().take_while(|u| **u - *t < Duration::from_secs(1)).count();
+            let in_window = times[i..]
+                .iter()
+                .take_while(|u| **u - *t < Duration::from_secs(1))
+                .count();
             assert!(in_window <= 20, "{in_window} calls within 1 s of call {i}");
         }
         // Another API has its own budget.

@@ -20,6 +20,7 @@ use crate::metrics::Metrics;
 pub const SPEC: Spec = Spec {
     name: "file",
     keys: &["path"],
+    accounts: &[],
     parse,
 };
 
@@ -58,10 +59,6 @@ impl Factory for FileFactory {
         }
     }
 
-    fn builtin_accounts(&self) -> &'static [&'static str] {
-        &[]
-    }
-
     fn default_max_snapshot_age(&self) -> Option<Duration> {
         None
     }
@@ -98,19 +95,41 @@ pub fn read_snapshot(path: &Path) -> Result<Snapshot, String> {
 /// Parses a snapshot: our own format, or a raw response of one of the cloud
 /// snapshot APIs (recognised by its shape) saved from a console or an API call.
 pub fn parse_snapshot(text: &str) -> Result<Snapshot, String> {
-    let value: serde_json::Value =
-        serde_json::from_str(text).map_err(|e| format!("not JSON: {e} (line {}, column {})", e.line(), e.column()))?;
+    let value: serde_json::Value = serde_json::from_str(text)
+        .map_err(|e| format!("not JSON: {e} (line {}, column {})", e.line(), e.column()))?;
     match value.get("format").and_then(|f| f.as_str()) {
-        Some(Snapshot::FORMAT) => return serde_json::from_value(value).map_err(|e| format!("bad snapshot: {e}")),
-        Some(other) => return Err(format!("unknown snapshot format `{other}` (this version reads `{}`)", Snapshot::FORMAT)),
+        Some(Snapshot::FORMAT) => {
+            return serde_json::from_value(value).map_err(|e| format!("bad snapshot: {e}"));
+        }
+        Some(other) => {
+            return Err(format!(
+                "unknown snapshot format `{other}` (this version reads `{}`)",
+                Snapshot::FORMAT
+            ));
+        }
         None => {}
     }
-    let (provider, transactions, sessions) = if value.pointer("/Data/SessionData").is_some() || value.get("SessionData").is_some() {
-        (super::alibaba::NAME, true, super::alibaba::parse_sessions(&value))
-    } else if value.pointer("/Response/ProcessList").is_some() || value.get("ProcessList").is_some() {
-        (super::tencent::NAME, false, super::tencent::parse_sessions(&value))
+    let (provider, transactions, sessions) = if value.pointer("/Data/SessionData").is_some()
+        || value.get("SessionData").is_some()
+    {
+        (
+            super::alibaba::NAME,
+            true,
+            super::alibaba::parse_sessions(&value),
+        )
+    } else if value.pointer("/Response/ProcessList").is_some() || value.get("ProcessList").is_some()
+    {
+        (
+            super::tencent::NAME,
+            false,
+            super::tencent::parse_sessions(&value),
+        )
     } else if value.get("processes").is_some() {
-        (super::huawei::NAME, true, super::huawei::parse_sessions(&value))
+        (
+            super::huawei::NAME,
+            true,
+            super::huawei::parse_sessions(&value),
+        )
     } else {
         return Err(format!(
             "not a session-reaper snapshot (no `\"format\": \"{}\"`) nor a response of GetMySQLAllSessionAsync, DescribeMySqlProcessList or the Huawei DAS processes API",

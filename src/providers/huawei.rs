@@ -18,10 +18,12 @@ use chrono::Utc;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Value, json};
 
-use super::cloud::{self, Client, CloudError, ErrorKind, Request, Response, Retry, json_string, json_u64};
+use super::cloud::{
+    self, Client, CloudError, ErrorKind, Request, Response, Retry, json_string, json_u64,
+};
 use super::{
-    Capabilities, Factory, KillOutcome, KillRequest, KillResult, Provider, ProviderError, Recheck, Rechecker, Spec,
-    Want,
+    Capabilities, Factory, KillOutcome, KillRequest, KillResult, Provider, ProviderError, Recheck,
+    Rechecker, Spec, Want,
 };
 use crate::config::secret;
 use crate::config::yaml::Map;
@@ -53,6 +55,7 @@ pub const SPEC: Spec = Spec {
         "timeout",
         "rate_limit",
     ],
+    accounts: BUILTIN_ACCOUNTS,
     parse,
 };
 
@@ -76,28 +79,42 @@ enum Listing {
 }
 
 fn parse(map: &Map<'_>, base: &Path) -> Option<Arc<dyn Factory>> {
-    let region = map.require("region").and_then(|v| v.name().map(str::to_owned));
-    let settings = region
-        .as_ref()
-        .and_then(|r| cloud::read_settings(map, &format!("https://das.{r}.myhuaweicloud.com"), RATE));
+    let region = map
+        .require("region")
+        .and_then(|v| v.name().map(str::to_owned));
+    let settings = region.as_ref().and_then(|r| {
+        cloud::read_settings(map, &format!("https://das.{r}.myhuaweicloud.com"), RATE)
+    });
     let name = |k: &str| map.require(k).and_then(|v| v.name().map(str::to_owned));
     let project_id = name("project_id");
     let instance_id = name("instance_id");
     let node_id = map.get("node_id").and_then(|v| v.name().map(str::to_owned));
-    let access_key = map.require("access_key").and_then(|v| secret::read(&v, base));
-    let secret_key = map.require("secret_key").and_then(|v| secret::read(&v, base));
+    let access_key = map
+        .require("access_key")
+        .and_then(|v| secret::read(&v, base));
+    let secret_key = map
+        .require("secret_key")
+        .and_then(|v| secret::read(&v, base));
     let security_token = match map.get("security_token") {
         Some(v) => Some(secret::read(&v, base)?),
         None => None,
     };
-    let db_user = match (map.get("db_user_id"), map.get("db_user"), map.get("db_password")) {
+    let db_user = match (
+        map.get("db_user_id"),
+        map.get("db_user"),
+        map.get("db_password"),
+    ) {
         (Some(id), None, None) => Some(DbUser::Id(id.name()?.to_owned())),
         (None, Some(user), Some(password)) => Some(DbUser::Register {
             user: user.name()?.to_owned(),
             password: secret::read(&password, base)?,
         }),
         (Some(_), _, _) => {
-            map.doc().error_at(map.key_pos("db_user_id"), "give `db_user_id` or `db_user` + `db_password`, not both", None);
+            map.doc().error_at(
+                map.key_pos("db_user_id"),
+                "give `db_user_id` or `db_user` + `db_password`, not both",
+                None,
+            );
             None
         }
         _ => {
@@ -109,9 +126,22 @@ fn parse(map: &Map<'_>, base: &Path) -> Option<Arc<dyn Factory>> {
             None
         }
     };
-    let strings = |k: &str| map.get(k).and_then(|v| v.strings()).map(|v| v.into_iter().map(|(s, _)| s).collect::<Vec<_>>());
-    let mut listings: Vec<Listing> = strings("list_users").unwrap_or_default().into_iter().map(Listing::User).collect();
-    listings.extend(strings("list_databases").unwrap_or_default().into_iter().map(Listing::Database));
+    let strings = |k: &str| {
+        map.get(k)
+            .and_then(|v| v.strings())
+            .map(|v| v.into_iter().map(|(s, _)| s).collect::<Vec<_>>())
+    };
+    let mut listings: Vec<Listing> = strings("list_users")
+        .unwrap_or_default()
+        .into_iter()
+        .map(Listing::User)
+        .collect();
+    listings.extend(
+        strings("list_databases")
+            .unwrap_or_default()
+            .into_iter()
+            .map(Listing::Database),
+    );
     Some(Arc::new(HuaweiFactory {
         settings: settings?,
         project_id: project_id?,
@@ -129,7 +159,10 @@ fn parse(map: &Map<'_>, base: &Path) -> Option<Arc<dyn Factory>> {
 #[derive(Debug, Clone)]
 enum DbUser {
     Id(String),
-    Register { user: String, password: SecretString },
+    Register {
+        user: String,
+        password: SecretString,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -153,10 +186,6 @@ impl Factory for HuaweiFactory {
             kill_query: false,
             kills: true,
         }
-    }
-
-    fn builtin_accounts(&self) -> &'static [&'static str] {
-        BUILTIN_ACCOUNTS
     }
 
     fn default_max_snapshot_age(&self) -> Option<Duration> {
@@ -217,19 +246,36 @@ pub struct HuaweiProvider {
 }
 
 impl HuaweiProvider {
-    async fn call(&self, api: &'static str, method: reqwest::Method, path: &str, query: Vec<(String, String)>, body: Option<Value>, retry: Retry) -> Result<Value, CloudError> {
+    async fn call(
+        &self,
+        api: &'static str,
+        method: reqwest::Method,
+        path: &str,
+        query: Vec<(String, String)>,
+        body: Option<Value>,
+        retry: Retry,
+    ) -> Result<Value, CloudError> {
         let host = self.client.host().to_owned();
-        let bytes = body.map(|b| serde_json::to_vec(&b).unwrap_or_default()).unwrap_or_default();
+        let bytes = body
+            .map(|b| serde_json::to_vec(&b).unwrap_or_default())
+            .unwrap_or_default();
         let ak = self.cfg.access_key.expose_secret().to_owned();
         let sk = self.cfg.secret_key.expose_secret().to_owned();
-        let token = self.cfg.security_token.as_ref().map(|t| t.expose_secret().to_owned());
+        let token = self
+            .cfg
+            .security_token
+            .as_ref()
+            .map(|t| t.expose_secret().to_owned());
         let project = self.cfg.project_id.clone();
         let path = path.to_owned();
         let method_name = method.as_str().to_owned();
         let build = move || {
             let mut headers = vec![
                 ("Content-Type".to_owned(), "application/json".to_owned()),
-                ("X-Sdk-Date".to_owned(), Utc::now().format("%Y%m%dT%H%M%SZ").to_string()),
+                (
+                    "X-Sdk-Date".to_owned(),
+                    Utc::now().format("%Y%m%dT%H%M%SZ").to_string(),
+                ),
             ];
             if let Some(t) = &token {
                 headers.push(("X-Security-Token".to_owned(), t.clone()));
@@ -257,7 +303,10 @@ impl HuaweiProvider {
     }
 
     fn instance_path(&self, tail: &str) -> String {
-        format!("/v3/{}/instances/{}/{tail}", self.cfg.project_id, self.cfg.instance_id)
+        format!(
+            "/v3/{}/instances/{}/{tail}",
+            self.cfg.project_id, self.cfg.instance_id
+        )
     }
 
     /// The DAS id of the database account: configured, found, or registered once.
@@ -267,15 +316,32 @@ impl HuaweiProvider {
             return Ok(id.clone());
         }
         let DbUser::Register { user, password } = &self.cfg.db_user else {
-            return Err(CloudError::new(NAME, "ListDbUsers", ErrorKind::Client, "NoDbUser", "no db_user_id"));
+            return Err(CloudError::new(
+                NAME,
+                "ListDbUsers",
+                ErrorKind::Client,
+                "NoDbUser",
+                "no db_user_id",
+            ));
         };
         let found = self
-            .call("ListDbUsers", reqwest::Method::GET, &self.instance_path("db-users"), vec![("db_username".to_owned(), user.clone())], None, Retry::Read)
+            .call(
+                "ListDbUsers",
+                reqwest::Method::GET,
+                &self.instance_path("db-users"),
+                vec![("db_username".to_owned(), user.clone())],
+                None,
+                Retry::Read,
+            )
             .await?;
         let existing = found
             .get("db_users")
             .and_then(Value::as_array)
-            .and_then(|users| users.iter().find(|u| u.get("db_username").and_then(Value::as_str) == Some(user.as_str())))
+            .and_then(|users| {
+                users
+                    .iter()
+                    .find(|u| u.get("db_username").and_then(Value::as_str) == Some(user.as_str()))
+            })
             .and_then(|u| u.get("db_user_id").and_then(json_string));
         let id = match existing {
             Some(id) => id,
@@ -293,7 +359,13 @@ impl HuaweiProvider {
                 registered
                     .get("db_user_id")
                     .and_then(json_string)
-                    .ok_or_else(|| CloudError::malformed(NAME, "RegisterDbUser", "no db_user_id in the response"))?
+                    .ok_or_else(|| {
+                        CloudError::malformed(
+                            NAME,
+                            "RegisterDbUser",
+                            "no db_user_id in the response",
+                        )
+                    })?
             }
         };
         *cached = Some(id.clone());
@@ -318,10 +390,18 @@ impl HuaweiProvider {
                 query.push(("node_id".to_owned(), node.clone()));
             }
             let page = self
-                .call("ListProcesses", reqwest::Method::GET, &self.instance_path("processes"), query, None, Retry::Read)
+                .call(
+                    "ListProcesses",
+                    reqwest::Method::GET,
+                    &self.instance_path("processes"),
+                    query,
+                    None,
+                    Retry::Read,
+                )
                 .await
                 .map_err(|e| e.to_string())?;
-            let (rows, count) = parse_page(&page).map_err(|e| CloudError::malformed(NAME, "ListProcesses", e).to_string())?;
+            let (rows, count) = parse_page(&page)
+                .map_err(|e| CloudError::malformed(NAME, "ListProcesses", e).to_string())?;
             let got = rows.len() as u64;
             out.extend(rows);
             offset += got;
@@ -367,7 +447,11 @@ fn check_response(api: &'static str, r: &Response) -> Result<Value, CloudError> 
         ErrorKind::Throttled
     } else if r.status >= 500 {
         ErrorKind::Server
-    } else if r.status == 401 || r.status == 403 || code.starts_with("APIGW.03") || code.starts_with("APIGW.01") {
+    } else if r.status == 401
+        || r.status == 403
+        || code.starts_with("APIGW.03")
+        || code.starts_with("APIGW.01")
+    {
         ErrorKind::Auth
     } else {
         ErrorKind::Client
@@ -378,7 +462,10 @@ fn check_response(api: &'static str, r: &Response) -> Result<Value, CloudError> 
         kind,
         code,
         message,
-        request_id: doc.get("request_id").and_then(json_string).or_else(|| r.request_id.clone()),
+        request_id: doc
+            .get("request_id")
+            .and_then(json_string)
+            .or_else(|| r.request_id.clone()),
     })
 }
 
@@ -395,16 +482,25 @@ fn parse_page(doc: &Value) -> Result<(Vec<Session>, u64), String> {
 /// Sessions from a `processes` response (all fields strings): used by the provider
 /// and to replay a saved response.
 pub fn parse_sessions(doc: &Value) -> Result<Vec<Session>, String> {
-    let list = doc.get("processes").and_then(Value::as_array).ok_or("no `processes` array in the response")?;
+    let list = doc
+        .get("processes")
+        .and_then(Value::as_array)
+        .ok_or("no `processes` array in the response")?;
     list.iter()
         .enumerate()
         .map(|(i, row)| {
-            let field = |k: &str| row.get(k).and_then(json_string).filter(|s| !s.is_empty() && s != "--");
+            let field = |k: &str| {
+                row.get(k)
+                    .and_then(json_string)
+                    .filter(|s| !s.is_empty() && s != "--")
+            };
             let number = |k: &str| -> Result<Option<u64>, String> {
                 match row.get(k) {
                     None | Some(Value::Null) => Ok(None),
                     Some(v) if json_string(v).is_some_and(|s| s.is_empty()) => Ok(None),
-                    Some(v) => json_u64(v).map(Some).ok_or(format!("processes[{i}].{k} is not a number: {v}")),
+                    Some(v) => json_u64(v)
+                        .map(Some)
+                        .ok_or(format!("processes[{i}].{k} is not a number: {v}")),
                 }
             };
             let id = number("id")?.ok_or(format!("processes[{i}] has no id"))?;
@@ -447,7 +543,10 @@ impl Provider for HuaweiProvider {
 
     async fn snapshot(&self, _want: &Want) -> Result<Snapshot, ProviderError> {
         let taken_at = Utc::now();
-        let db_user_id = self.db_user_id().await.map_err(|e| self.err(e.to_string()))?;
+        let db_user_id = self
+            .db_user_id()
+            .await
+            .map_err(|e| self.err(e.to_string()))?;
         let mut sessions: Vec<Session> = Vec::new();
         let mut partial = None;
         for (n, listing) in self.cfg.listings.iter().enumerate() {
@@ -489,12 +588,17 @@ impl Provider for HuaweiProvider {
             Err(e) => {
                 return requests
                     .iter()
-                    .map(|_| KillOutcome::without_recheck(KillResult::Failed(format!("not sent: {e}"))))
+                    .map(|_| {
+                        KillOutcome::without_recheck(KillResult::Failed(format!("not sent: {e}")))
+                    })
                     .collect();
             }
         };
         // One listing per user of the batch, right before the kill.
-        let mut users: Vec<String> = requests.iter().filter_map(|r| r.session.user.clone()).collect();
+        let mut users: Vec<String> = requests
+            .iter()
+            .filter_map(|r| r.session.user.clone())
+            .collect();
         users.sort();
         users.dedup();
         let mut fresh: HashMap<u64, Session> = HashMap::new();
@@ -509,20 +613,38 @@ impl Provider for HuaweiProvider {
         let mut go = Vec::new();
         for (i, r) in requests.iter().enumerate() {
             let user = r.session.user.clone().unwrap_or_default();
-            if let Some(err) = unlisted.iter().find(|e| e.starts_with(&format!("{user}: "))) {
-                outcomes[i] = Some(KillOutcome::without_recheck(KillResult::Failed(format!("not sent: the re-check failed: {err}"))));
+            if let Some(err) = unlisted
+                .iter()
+                .find(|e| e.starts_with(&format!("{user}: ")))
+            {
+                outcomes[i] = Some(KillOutcome::without_recheck(KillResult::Failed(format!(
+                    "not sent: the re-check failed: {err}"
+                ))));
                 continue;
             }
             match recheck(r, fresh.get(&r.session.id)) {
                 Recheck::Proceed => go.push(i),
-                Recheck::Gone => outcomes[i] = Some(KillOutcome { result: KillResult::Gone, rechecked_at: Some(rechecked_at), sent_at: None }),
+                Recheck::Gone => {
+                    outcomes[i] = Some(KillOutcome {
+                        result: KillResult::Gone,
+                        rechecked_at: Some(rechecked_at),
+                        sent_at: None,
+                    })
+                }
                 Recheck::Changed(why) => {
-                    outcomes[i] = Some(KillOutcome { result: KillResult::Changed(why), rechecked_at: Some(rechecked_at), sent_at: None })
+                    outcomes[i] = Some(KillOutcome {
+                        result: KillResult::Changed(why),
+                        rechecked_at: Some(rechecked_at),
+                        sent_at: None,
+                    })
                 }
             }
         }
         if !go.is_empty() {
-            let ids: Vec<String> = go.iter().map(|&i| requests[i].session.id.to_string()).collect();
+            let ids: Vec<String> = go
+                .iter()
+                .map(|&i| requests[i].session.id.to_string())
+                .collect();
             let sent_at = std::time::Instant::now();
             let result = self
                 .call(
@@ -549,7 +671,11 @@ impl Provider for HuaweiProvider {
         }
         outcomes
             .into_iter()
-            .map(|o| o.unwrap_or_else(|| KillOutcome::without_recheck(KillResult::Failed("not attempted".to_owned()))))
+            .map(|o| {
+                o.unwrap_or_else(|| {
+                    KillOutcome::without_recheck(KillResult::Failed("not attempted".to_owned()))
+                })
+            })
             .collect()
     }
 }
@@ -572,7 +698,10 @@ mod tests {
     #[test]
     fn a_field_that_is_not_a_number_is_an_error_not_a_panic() {
         let doc = json!({"processes": [{"id": "12", "time": "soon"}], "count": 1});
-        assert_eq!(parse_sessions(&doc).unwrap_err(), "processes[0].time is not a number: \"soon\"");
+        assert_eq!(
+            parse_sessions(&doc).unwrap_err(),
+            "processes[0].time is not a number: \"soon\""
+        );
         let doc = json!({"processes": [{"id": "-3"}]});
         assert!(parse_sessions(&doc).is_err());
     }

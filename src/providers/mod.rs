@@ -57,11 +57,14 @@ impl Want {
 
     /// What the policies due in a tick need, and the filters they all share.
     pub fn for_policies(policies: &[&crate::core::policy::Policy]) -> Want {
-        let shared = |pick: &dyn Fn(&crate::core::policy::Match) -> Option<String>| -> Option<String> {
-            let mut values = policies.iter().map(|p| pick(&p.matcher));
-            let first = values.next()??;
-            values.all(|v| v.as_deref() == Some(first.as_str())).then_some(first)
-        };
+        let shared =
+            |pick: &dyn Fn(&crate::core::policy::Match) -> Option<String>| -> Option<String> {
+                let mut values = policies.iter().map(|p| pick(&p.matcher));
+                let first = values.next()??;
+                values
+                    .all(|v| v.as_deref() == Some(first.as_str()))
+                    .then_some(first)
+            };
         Want {
             sql: policies.iter().any(|p| p.matcher.needs_sql()),
             transactions: policies.iter().any(|p| p.matcher.needs_transactions()),
@@ -70,10 +73,17 @@ impl Want {
                 _ => None,
             }),
             command: shared(&|m| match m.command.as_slice() {
-                [one] => crate::config::COMMANDS.iter().find(|c| c.eq_ignore_ascii_case(one)).map(|c| (*c).to_owned()),
+                [one] => crate::config::COMMANDS
+                    .iter()
+                    .find(|c| c.eq_ignore_ascii_case(one))
+                    .map(|c| (*c).to_owned()),
                 _ => None,
             }),
-            min_time: policies.iter().map(|p| p.matcher.min_time).collect::<Option<Vec<_>>>().and_then(|v| v.into_iter().min()),
+            min_time: policies
+                .iter()
+                .map(|p| p.matcher.min_time)
+                .collect::<Option<Vec<_>>>()
+                .and_then(|v| v.into_iter().min()),
         }
     }
 }
@@ -188,8 +198,6 @@ pub trait Provider: Send + Sync {
 /// A configured provider: knows its limits and builds the live provider.
 pub trait Factory: Send + Sync + fmt::Debug {
     fn capabilities(&self) -> Capabilities;
-    /// The provider's own O&M and replication accounts: never victims.
-    fn builtin_accounts(&self) -> &'static [&'static str];
     /// `max_snapshot_age` when the target does not set it (`None`: no limit).
     fn default_max_snapshot_age(&self) -> Option<Duration>;
     fn build(&self, target: &str, metrics: Arc<Metrics>) -> Arc<dyn Provider>;
@@ -197,7 +205,10 @@ pub trait Factory: Send + Sync + fmt::Debug {
     /// Called once the policies of the target are known. A provider that needs them
     /// (to know which users to list) returns an updated factory; an `Err` is a
     /// configuration error about the target.
-    fn with_policies(&self, _policies: &[&crate::core::policy::Policy]) -> Result<Option<Arc<dyn Factory>>, String> {
+    fn with_policies(
+        &self,
+        _policies: &[&crate::core::policy::Policy],
+    ) -> Result<Option<Arc<dyn Factory>>, String> {
         Ok(None)
     }
 }
@@ -208,15 +219,28 @@ pub struct Spec {
     pub name: &'static str,
     /// The keys this provider adds to the common ones.
     pub keys: &'static [&'static str],
+    /// The provider's own O&M and replication accounts: never victims.
+    pub accounts: &'static [&'static str],
     /// Reads them; errors go to the map's document. `base` is the config's directory.
     pub parse: fn(&Map<'_>, &std::path::Path) -> Option<Arc<dyn Factory>>,
 }
 
 /// Every provider, by the name used in `provider:`.
-pub static REGISTRY: &[Spec] = &[mysql::SPEC, alibaba::SPEC, tencent::SPEC, huawei::SPEC, file::SPEC];
+pub static REGISTRY: &[Spec] = &[
+    mysql::SPEC,
+    alibaba::SPEC,
+    tencent::SPEC,
+    huawei::SPEC,
+    file::SPEC,
+];
 
 pub fn spec(name: &str) -> Option<&'static Spec> {
     REGISTRY.iter().find(|s| s.name == name)
+}
+
+/// The built-in protected accounts of the provider named `name` (none if unknown).
+pub fn accounts_of(name: &str) -> &'static [&'static str] {
+    spec(name).map(|s| s.accounts).unwrap_or(&[])
 }
 
 pub fn names() -> Vec<&'static str> {

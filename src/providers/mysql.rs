@@ -34,6 +34,7 @@ use crate::metrics::Metrics;
 pub const SPEC: Spec = Spec {
     name: "mysql",
     keys: &["url", "password", "timeout", "pool_size"],
+    accounts: BUILTIN_ACCOUNTS,
     parse,
 };
 
@@ -129,10 +130,6 @@ impl Factory for MysqlFactory {
             kill_query: true,
             kills: true,
         }
-    }
-
-    fn builtin_accounts(&self) -> &'static [&'static str] {
-        BUILTIN_ACCOUNTS
     }
 
     fn default_max_snapshot_age(&self) -> Option<Duration> {

@@ -17,10 +17,12 @@ use chrono::Utc;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Value, json};
 
-use super::cloud::{self, Client, CloudError, ErrorKind, Request, Response, Retry, json_string, json_u64};
+use super::cloud::{
+    self, Client, CloudError, ErrorKind, Request, Response, Retry, json_string, json_u64,
+};
 use super::{
-    Capabilities, Factory, KillOutcome, KillRequest, KillResult, Provider, ProviderError, Recheck, Rechecker, Spec,
-    Want,
+    Capabilities, Factory, KillOutcome, KillRequest, KillResult, Provider, ProviderError, Recheck,
+    Rechecker, Spec, Want,
 };
 use crate::config::secret;
 use crate::config::yaml::Map;
@@ -47,29 +49,47 @@ pub const SPEC: Spec = Spec {
         "timeout",
         "rate_limit",
     ],
+    accounts: BUILTIN_ACCOUNTS,
     parse,
 };
 
 /// TencentDB's own accounts (TXSQL's `tencentroot`, the backup account
 /// `tencentdumper`) and MySQL's internal ones.
-const BUILTIN_ACCOUNTS: &[&str] = &["tencentroot", "tencentdumper", "mysql.session", "mysql.sys", "mysql.infoschema"];
+const BUILTIN_ACCOUNTS: &[&str] = &[
+    "tencentroot",
+    "tencentdumper",
+    "mysql.session",
+    "mysql.sys",
+    "mysql.infoschema",
+];
 
 fn parse(map: &Map<'_>, base: &Path) -> Option<Arc<dyn Factory>> {
     let settings = cloud::read_settings(map, "https://dbbrain.tencentcloudapi.com", RATE);
-    let region = map.require("region").and_then(|v| v.name().map(str::to_owned));
-    let instance_id = map.require("instance_id").and_then(|v| v.name().map(str::to_owned));
+    let region = map
+        .require("region")
+        .and_then(|v| v.name().map(str::to_owned));
+    let instance_id = map
+        .require("instance_id")
+        .and_then(|v| v.name().map(str::to_owned));
     let product = match map.get("product") {
         None => Some("mysql".to_owned()),
         Some(v) => match v.str()? {
             p @ ("mysql" | "cynosdb") => Some(p.to_owned()),
             other => {
-                v.error(format!("`product` cannot be `{other}`"), Some("one of: mysql (TencentDB for MySQL), cynosdb (TDSQL-C)".to_owned()));
+                v.error(
+                    format!("`product` cannot be `{other}`"),
+                    Some("one of: mysql (TencentDB for MySQL), cynosdb (TDSQL-C)".to_owned()),
+                );
                 None
             }
         },
     };
-    let secret_id = map.require("secret_id").and_then(|v| secret::read(&v, base));
-    let secret_key = map.require("secret_key").and_then(|v| secret::read(&v, base));
+    let secret_id = map
+        .require("secret_id")
+        .and_then(|v| secret::read(&v, base));
+    let secret_key = map
+        .require("secret_key")
+        .and_then(|v| secret::read(&v, base));
     let security_token = match map.get("security_token") {
         Some(v) => Some(secret::read(&v, base)?),
         None => None,
@@ -117,10 +137,6 @@ impl Factory for TencentFactory {
         }
     }
 
-    fn builtin_accounts(&self) -> &'static [&'static str] {
-        BUILTIN_ACCOUNTS
-    }
-
     fn default_max_snapshot_age(&self) -> Option<Duration> {
         Some(Duration::from_secs(60))
     }
@@ -147,12 +163,21 @@ const COMMIT_WINDOW: Duration = Duration::from_secs(5);
 
 impl TencentProvider {
     /// One signed call; returns `Response` (without `RequestId`) or a typed error.
-    async fn call(&self, action: &'static str, body: Value, retry: Retry) -> Result<Value, CloudError> {
+    async fn call(
+        &self,
+        action: &'static str,
+        body: Value,
+        retry: Retry,
+    ) -> Result<Value, CloudError> {
         let host = self.client.host().to_owned();
         let bytes = serde_json::to_vec(&body).unwrap_or_default();
         let id = self.cfg.secret_id.expose_secret().to_owned();
         let key = self.cfg.secret_key.expose_secret().to_owned();
-        let token = self.cfg.security_token.as_ref().map(|t| t.expose_secret().to_owned());
+        let token = self
+            .cfg
+            .security_token
+            .as_ref()
+            .map(|t| t.expose_secret().to_owned());
         let region = self.cfg.region.clone();
         let build = move || {
             let timestamp = Utc::now().timestamp();
@@ -194,7 +219,12 @@ impl TencentProvider {
     }
 
     /// The process list, with the given filters.
-    async fn list(&self, user: Option<&str>, command: Option<&str>, min_time_s: Option<u64>) -> Result<(Vec<Session>, bool), CloudError> {
+    async fn list(
+        &self,
+        user: Option<&str>,
+        command: Option<&str>,
+        min_time_s: Option<u64>,
+    ) -> Result<(Vec<Session>, bool), CloudError> {
         let mut body = json!({
             "InstanceId": self.cfg.instance_id,
             "Limit": self.cfg.list_limit,
@@ -209,8 +239,11 @@ impl TencentProvider {
         if let Some(t) = min_time_s {
             body["Time"] = json!(t);
         }
-        let response = self.call("DescribeMySqlProcessList", body, Retry::Read).await?;
-        let sessions = parse_sessions(&response).map_err(|e| CloudError::malformed(NAME, "DescribeMySqlProcessList", e))?;
+        let response = self
+            .call("DescribeMySqlProcessList", body, Retry::Read)
+            .await?;
+        let sessions = parse_sessions(&response)
+            .map_err(|e| CloudError::malformed(NAME, "DescribeMySqlProcessList", e))?;
         let full = sessions.len() as u64 >= self.cfg.list_limit;
         Ok((sessions, full))
     }
@@ -237,9 +270,17 @@ impl TencentProvider {
             .get("SqlExecId")
             .and_then(json_string)
             .filter(|s| !s.is_empty())
-            .ok_or_else(|| CloudError::malformed(NAME, "KillMySqlThreads", "Prepare returned no SqlExecId"))?;
+            .ok_or_else(|| {
+                CloudError::malformed(NAME, "KillMySqlThreads", "Prepare returned no SqlExecId")
+            })?;
         if prepared_at.elapsed() > COMMIT_WINDOW {
-            return Err(CloudError::new(NAME, "KillMySqlThreads", ErrorKind::Client, "CommitTooLate", "Prepare answered too late to commit"));
+            return Err(CloudError::new(
+                NAME,
+                "KillMySqlThreads",
+                ErrorKind::Client,
+                "CommitTooLate",
+                "Prepare answered too late to commit",
+            ));
         }
         let committed = self
             .call(
@@ -265,11 +306,19 @@ fn check_response(api: &'static str, r: &Response) -> Result<Value, CloudError> 
         }
         err
     })?;
-    let response = doc.get("Response").ok_or_else(|| CloudError::malformed(NAME, api, "no `Response` object"))?;
+    let response = doc
+        .get("Response")
+        .ok_or_else(|| CloudError::malformed(NAME, api, "no `Response` object"))?;
     let request_id = response.get("RequestId").and_then(json_string);
     if let Some(error) = response.get("Error") {
-        let code = error.get("Code").and_then(json_string).unwrap_or_else(|| "Unknown".to_owned());
-        let message = error.get("Message").and_then(json_string).unwrap_or_default();
+        let code = error
+            .get("Code")
+            .and_then(json_string)
+            .unwrap_or_else(|| "Unknown".to_owned());
+        let message = error
+            .get("Message")
+            .and_then(json_string)
+            .unwrap_or_default();
         return Err(CloudError {
             provider: NAME,
             api,
@@ -280,7 +329,13 @@ fn check_response(api: &'static str, r: &Response) -> Result<Value, CloudError> 
         });
     }
     if r.status >= 500 {
-        return Err(CloudError::new(NAME, api, ErrorKind::Server, format!("HTTP{}", r.status), "server error"));
+        return Err(CloudError::new(
+            NAME,
+            api,
+            ErrorKind::Server,
+            format!("HTTP{}", r.status),
+            "server error",
+        ));
     }
     Ok(response.clone())
 }
@@ -290,7 +345,10 @@ fn classify(code: &str) -> ErrorKind {
         ErrorKind::Throttled
     } else if code.starts_with("InternalError") {
         ErrorKind::Server
-    } else if code.starts_with("AuthFailure") || code.starts_with("UnauthorizedOperation") || code == "OperationDenied.UserHasNoStrategy" {
+    } else if code.starts_with("AuthFailure")
+        || code.starts_with("UnauthorizedOperation")
+        || code == "OperationDenied.UserHasNoStrategy"
+    {
         ErrorKind::Auth
     } else {
         ErrorKind::Client
@@ -301,12 +359,18 @@ fn classify(code: &str) -> ErrorKind {
 /// content): used by the provider and to replay a saved response.
 pub fn parse_sessions(doc: &Value) -> Result<Vec<Session>, String> {
     let content = doc.get("Response").unwrap_or(doc);
-    let list = content.get("ProcessList").and_then(Value::as_array).ok_or("no ProcessList in the response")?;
+    let list = content
+        .get("ProcessList")
+        .and_then(Value::as_array)
+        .ok_or("no ProcessList in the response")?;
     list.iter()
         .enumerate()
         .map(|(i, row)| {
             let field = |k: &str| row.get(k).and_then(json_string).filter(|s| !s.is_empty());
-            let id = row.get("ID").and_then(json_u64).ok_or(format!("ProcessList[{i}]: no readable ID"))?;
+            let id = row
+                .get("ID")
+                .and_then(json_u64)
+                .ok_or(format!("ProcessList[{i}]: no readable ID"))?;
             let time_s = match row.get("Time") {
                 None | Some(Value::Null) => 0,
                 Some(v) => json_u64(v).ok_or(format!("ProcessList[{i}]: Time is not a number"))?,
@@ -377,18 +441,29 @@ impl Provider for TencentProvider {
         let mut retried = false;
         loop {
             // Re-read the process list: one listing for the whole batch.
-            let pending: Vec<usize> = (0..requests.len()).filter(|&i| outcomes[i].is_none()).collect();
+            let pending: Vec<usize> = (0..requests.len())
+                .filter(|&i| outcomes[i].is_none())
+                .collect();
             if pending.is_empty() {
                 break;
             }
-            let mut users: Vec<&str> = pending.iter().filter_map(|&i| requests[i].session.user.as_deref()).collect();
+            let mut users: Vec<&str> = pending
+                .iter()
+                .filter_map(|&i| requests[i].session.user.as_deref())
+                .collect();
             users.dedup();
-            let narrow = if users.len() == 1 { Some(users[0]) } else { None };
+            let narrow = if users.len() == 1 {
+                Some(users[0])
+            } else {
+                None
+            };
             let (fresh, full) = match self.list(narrow, None, None).await {
                 Ok(x) => x,
                 Err(e) => {
                     for &i in &pending {
-                        outcomes[i] = Some(KillOutcome::without_recheck(KillResult::Failed(format!("not sent: the re-check failed: {e}"))));
+                        outcomes[i] = Some(KillOutcome::without_recheck(KillResult::Failed(
+                            format!("not sent: the re-check failed: {e}"),
+                        )));
                     }
                     break;
                 }
@@ -400,15 +475,26 @@ impl Provider for TencentProvider {
                 let row = by_id.get(&requests[i].session.id).copied();
                 if row.is_none() && full {
                     outcomes[i] = Some(KillOutcome::without_recheck(KillResult::Failed(
-                        "not sent: the re-check list was full, the session could not be seen".to_owned(),
+                        "not sent: the re-check list was full, the session could not be seen"
+                            .to_owned(),
                     )));
                     continue;
                 }
                 match recheck(&requests[i], row) {
                     Recheck::Proceed => go.push(i),
-                    Recheck::Gone => outcomes[i] = Some(KillOutcome { result: KillResult::Gone, rechecked_at: Some(rechecked_at), sent_at: None }),
+                    Recheck::Gone => {
+                        outcomes[i] = Some(KillOutcome {
+                            result: KillResult::Gone,
+                            rechecked_at: Some(rechecked_at),
+                            sent_at: None,
+                        })
+                    }
                     Recheck::Changed(why) => {
-                        outcomes[i] = Some(KillOutcome { result: KillResult::Changed(why), rechecked_at: Some(rechecked_at), sent_at: None })
+                        outcomes[i] = Some(KillOutcome {
+                            result: KillResult::Changed(why),
+                            rechecked_at: Some(rechecked_at),
+                            sent_at: None,
+                        })
                     }
                 }
             }
@@ -427,11 +513,19 @@ impl Provider for TencentProvider {
                     for &i in &go {
                         let id = requests[i].session.id;
                         let result = if killed.contains(&id) {
-                            self.metrics.provider_kill_results_total.with_label_values(&[NAME, "killed"]).inc();
+                            self.metrics
+                                .provider_kill_results_total
+                                .with_label_values(&[NAME, "killed"])
+                                .inc();
                             KillResult::Killed
                         } else {
-                            self.metrics.provider_kill_results_total.with_label_values(&[NAME, "not_in_threads"]).inc();
-                            KillResult::Failed(format!("KillMySqlThreads did not report thread {id} killed"))
+                            self.metrics
+                                .provider_kill_results_total
+                                .with_label_values(&[NAME, "not_in_threads"])
+                                .inc();
+                            KillResult::Failed(format!(
+                                "KillMySqlThreads did not report thread {id} killed"
+                            ))
                         };
                         outcomes[i] = Some(done(result));
                     }
@@ -439,7 +533,10 @@ impl Provider for TencentProvider {
                 }
                 // Rejected before anything happened (a late Commit, throttled): re-check and try once more.
                 Err(e) if e.surely_not_applied() && !retried => {
-                    tracing::warn!("{}: {e}; re-checking before one more Prepare/Commit", self.target);
+                    tracing::warn!(
+                        "{}: {e}; re-checking before one more Prepare/Commit",
+                        self.target
+                    );
                     retried = true;
                 }
                 Err(e) if e.surely_not_applied() => {
@@ -455,8 +552,12 @@ impl Provider for TencentProvider {
                         let id = requests[i].session.id;
                         let still = after.as_ref().map(|(s, _)| s.iter().any(|x| x.id == id));
                         let result = match still {
-                            Some(true) => KillResult::Failed(format!("{e}; the session is still there")),
-                            Some(false) => KillResult::Unknown(format!("{e}; the session is gone (probably killed)")),
+                            Some(true) => {
+                                KillResult::Failed(format!("{e}; the session is still there"))
+                            }
+                            Some(false) => KillResult::Unknown(format!(
+                                "{e}; the session is gone (probably killed)"
+                            )),
                             None => KillResult::Unknown(e.to_string()),
                         };
                         outcomes[i] = Some(done(result));
@@ -467,7 +568,11 @@ impl Provider for TencentProvider {
         }
         outcomes
             .into_iter()
-            .map(|o| o.unwrap_or_else(|| KillOutcome::without_recheck(KillResult::Failed("not attempted".to_owned()))))
+            .map(|o| {
+                o.unwrap_or_else(|| {
+                    KillOutcome::without_recheck(KillResult::Failed("not attempted".to_owned()))
+                })
+            })
             .collect()
     }
 }
@@ -499,12 +604,18 @@ mod tests {
         };
         let e = check_response("DescribeMySqlProcessList", &r).unwrap_err();
         assert_eq!(e.kind, ErrorKind::Auth);
-        assert_eq!(e.to_string(), "tencent-dbbrain DescribeMySqlProcessList: AuthFailure.SignatureExpire: Signature expired. (request id r-9)");
+        assert_eq!(
+            e.to_string(),
+            "tencent-dbbrain DescribeMySqlProcessList: AuthFailure.SignatureExpire: Signature expired. (request id r-9)"
+        );
         let r = Response {
             status: 200,
             body: br#"{"Response":{"Error":{"Code":"RequestLimitExceeded","Message":"too many"},"RequestId":"r"}}"#.to_vec(),
             request_id: None,
         };
-        assert_eq!(check_response("X", &r).unwrap_err().kind, ErrorKind::Throttled);
+        assert_eq!(
+            check_response("X", &r).unwrap_err().kind,
+            ErrorKind::Throttled
+        );
     }
 }

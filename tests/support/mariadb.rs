@@ -63,6 +63,15 @@ pub struct Options {
 }
 
 impl MariaDb {
+    /// A handle on a server someone else runs (not stopped when dropped).
+    pub fn on_port(port: u16) -> MariaDb {
+        MariaDb {
+            port,
+            dir: None,
+            child: Mutex::new(None),
+        }
+    }
+
     pub fn shared() -> &'static MariaDb {
         SHARED.get_or_init(|| {
             if let Ok(addr) = std::env::var("SESSION_REAPER_TEST_MARIADB") {
@@ -280,6 +289,23 @@ impl MariaDb {
         }
         let _ = admin.disconnect().await;
         User { name, password }
+    }
+
+    /// A user with a fixed name (such as a cloud's O&M account), created if missing.
+    pub async fn named_user(&self, name: &str) -> User {
+        let password = "fixed-pw".to_owned();
+        let mut admin = self.admin().await;
+        admin
+            .query_drop(format!(
+                "CREATE USER IF NOT EXISTS '{name}'@'%' IDENTIFIED BY '{password}'"
+            ))
+            .await
+            .expect("create user");
+        let _ = admin.disconnect().await;
+        User {
+            name: name.to_owned(),
+            password,
+        }
     }
 
     /// A user that may read the process list and kill any session: what the
