@@ -663,3 +663,33 @@ fn plan_replays_a_saved_response_of_each_cloud_snapshot_api() {
         assert_eq!(plan.matches("would-kill").count(), 1, "{plan}");
     }
 }
+
+#[test]
+fn the_readme_cloud_configs_pass_check() {
+    for provider in ["alibaba-das", "tencent-dbbrain", "huawei-das"] {
+        let setup = Setup::new();
+        let config = format!(
+            "state_dir: {}\npolicies_dir: {}\n{}",
+            setup.path().join("state").display(),
+            setup.path().join("policies").display(),
+            readme_block(&format!("config.yaml for {provider}"))
+        );
+        std::fs::write(setup.config_path(), config).unwrap();
+        let mut cmd = bin();
+        cmd.args(["check", "--config", setup.config_path().to_str().unwrap()]);
+        for var in [
+            "ALIBABA_CLOUD_ACCESS_KEY_ID",
+            "ALIBABA_CLOUD_ACCESS_KEY_SECRET",
+            "REAPER_RDS_PASSWORD",
+            "TENCENTCLOUD_SECRET_ID",
+            "TENCENTCLOUD_SECRET_KEY",
+            "HUAWEICLOUD_SDK_AK",
+            "HUAWEICLOUD_SDK_SK",
+            "REAPER_HW_PASSWORD",
+        ] {
+            cmd.env(var, "x");
+        }
+        let out = cmd.output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{provider}: {}", text(&out.stderr));
+    }
+}
