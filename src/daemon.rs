@@ -525,14 +525,26 @@ impl Runner {
         if self.last_logged_error.take().is_some() {
             info!("target {target} is answering again");
         }
-        metrics.target_ready.with_label_values(&[&target]).set(1);
+        // A partial answer cannot lead to kills: the target is not ready, and says why.
+        let partial = snapshot
+            .partial
+            .as_ref()
+            .map(|p| format!("partial snapshot: {p}"));
+        metrics
+            .target_ready
+            .with_label_values(&[&target])
+            .set(i64::from(partial.is_none()));
         metrics
             .sessions
             .with_label_values(&[&target])
             .set(snapshot.sessions.len() as i64);
         self.shared.with_state(|s| {
             let t = s.targets.entry(target.clone()).or_default();
-            t.ready = true;
+            t.ready = partial.is_none();
+            if let Some(p) = &partial {
+                t.last_error = Some(p.clone());
+                t.last_error_at = Some(timestamp(Utc::now()));
+            }
             t.last_snapshot_at = Some(timestamp(snapshot.taken_at));
             t.snapshot_ms = Some(elapsed.as_millis() as u64);
             t.sessions = Some(snapshot.sessions.len());

@@ -690,6 +690,11 @@ fn the_readme_cloud_configs_pass_check() {
             cmd.env(var, "x");
         }
         let out = cmd.output().unwrap();
-        assert_eq!(out.status.code(), Some(0), "{provider}: {}", text(&out.stderr));
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{provider}: {}",
+            text(&out.stderr)
+        );
     }
 }

@@ -157,3 +157,45 @@ async fn the_daemon_kills_through_huawei_das_listing_the_policies_users() {
         "{users:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn wrong_credentials_leave_the_daemon_up_and_say_which_api_answered_what() {
+    let db = MariaDb::shared();
+    let setup = Setup::new();
+    let fake = fakes::tencent_dbbrain(db).await;
+    let ak = setup.secret("ak", &fake.shared.key_id);
+    let sk = setup.secret("sk", "a-wrong-secret-key");
+    setup.config(&format!(
+        "targets:\n  - name: cloud\n    provider: tencent-dbbrain\n    region: ap-guangzhou\n    instance_id: cdb-test\n    secret_id: {{file: {}}}\n    secret_key: {{file: {}}}\n    endpoint: {}\n",
+        ak.display(),
+        sk.display(),
+        fake.endpoint()
+    ));
+    setup.policy(
+        "idle.yaml",
+        "name: idle\nschedule: every 200ms\nmode: enforce\nmatch:\n  user: app\n",
+    );
+    let d = daemon::start(&setup.config_path(), Some("127.0.0.1:0".parse().unwrap()))
+        .await
+        .unwrap();
+    assert!(
+        wait_until(Duration::from_secs(5), || async {
+            let (code, body) = http_get(d.addr, "/readyz").await;
+            code == 503
+                && body.contains(
+                    "tencent-dbbrain DescribeMySqlProcessList: AuthFailure.SignatureFailure",
+                )
+                && body.contains("request id fake-tc-1")
+        })
+        .await
+    );
+    let (_, status) = http_get(d.addr, "/status").await;
+    let (_, metrics) = http_get(d.addr, "/metrics").await;
+    for page in [&status, &metrics] {
+        assert!(!page.contains("a-wrong-secret-key"), "no secret in {page}");
+    }
+    assert!(metrics.contains(
+        "session_reaper_provider_requests_total{operation=\"DescribeMySqlProcessList\",provider=\"tencent-dbbrain\",status=\"auth_error\"}"
+    ));
+    d.shutdown().await;
+}
