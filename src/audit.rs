@@ -96,41 +96,78 @@ pub struct AuditError {
     pub source: std::io::Error,
 }
 
+/// Size-based rotation: `audit.jsonl` becomes `audit.jsonl.1` (and `.1` becomes
+/// `.2`, ...) before a write would take it past `max_bytes`; `keep` rotated files
+/// are kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rotation {
+    pub max_bytes: u64,
+    pub keep: usize,
+}
+
+impl Default for Rotation {
+    fn default() -> Self {
+        Rotation {
+            max_bytes: 100 << 20,
+            keep: 5,
+        }
+    }
+}
+
+struct Open {
+    file: File,
+    size: u64,
+}
+
 pub struct Audit {
     path: PathBuf,
-    file: Mutex<Option<File>>,
+    rotation: Rotation,
+    file: Mutex<Option<Open>>,
 }
 
 impl Audit {
     /// Opens (creating it and its directory if needed) the log for appending.
     pub fn open(path: &Path) -> Result<Audit, AuditError> {
-        let audit = Audit::new(path);
+        let audit = Audit::new(path, Rotation::default());
         audit.check()?;
         Ok(audit)
     }
 
-    /// A log that opens its file on first use (and again after a failed write).
-    pub fn new(path: &Path) -> Audit {
+    /// A log that opens its file on first use (and again after a failed write or
+    /// a `reopen`).
+    pub fn new(path: &Path, rotation: Rotation) -> Audit {
         Audit {
             path: path.to_owned(),
+            rotation,
             file: Mutex::new(None),
         }
     }
 
     /// Opens the file if it is not open: `Ok` means records can be appended.
     pub fn check(&self) -> Result<(), AuditError> {
-        let mut guard = self
-            .file
-            .lock()
-            .map_err(|_| self.err(std::io::Error::other("audit lock poisoned")))?;
+        let mut guard = self.lock()?;
         if guard.is_none() {
             *guard = Some(self.open_file()?);
         }
         Ok(())
     }
 
+    /// Closes the file; the next write opens the path again (after logrotate moved
+    /// it away: SIGUSR1).
+    pub fn reopen(&self) {
+        if let Ok(mut guard) = self.file.lock() {
+            *guard = None;
+        }
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, Option<Open>>, AuditError> {
+        self.file
+            .lock()
+            .map_err(|_| self.err(std::io::Error::other("audit lock poisoned")))
     }
 
     fn err(&self, source: std::io::Error) -> AuditError {
@@ -140,17 +177,64 @@ impl Audit {
         }
     }
 
-    fn open_file(&self) -> Result<File, AuditError> {
+    fn open_file(&self) -> Result<Open, AuditError> {
         if let Some(dir) = self.path.parent()
             && !dir.as_os_str().is_empty()
         {
             std::fs::create_dir_all(dir).map_err(|e| self.err(e))?;
         }
-        OpenOptions::new()
+        let mut file = OpenOptions::new()
             .create(true)
+            .read(true)
             .append(true)
             .open(&self.path)
-            .map_err(|e| self.err(e))
+            .map_err(|e| self.err(e))?;
+        let mut size = file.metadata().map_err(|e| self.err(e))?.len();
+        // A crash mid-write can leave a torn last line: end it, so that the next
+        // record starts on a line of its own.
+        if size > 0 {
+            use std::io::{Read, Seek, SeekFrom};
+            let mut last = [0u8; 1];
+            file.seek(SeekFrom::End(-1)).map_err(|e| self.err(e))?;
+            file.read_exact(&mut last).map_err(|e| self.err(e))?;
+            if last[0] != b'\n' {
+                file.write_all(b"\n").map_err(|e| self.err(e))?;
+                size += 1;
+            }
+        }
+        Ok(Open { file, size })
+    }
+
+    /// The rotated files, newest first: `audit.jsonl.1`, `.2`, ...
+    pub fn rotated_path(&self, n: usize) -> PathBuf {
+        let mut name = self.path.as_os_str().to_owned();
+        name.push(format!(".{n}"));
+        PathBuf::from(name)
+    }
+
+    fn rotate(&self) -> Result<(), AuditError> {
+        let keep = self.rotation.keep;
+        if keep == 0 {
+            std::fs::remove_file(&self.path).map_err(|e| self.err(e))?;
+        } else {
+            for n in (1..keep).rev() {
+                let from = self.rotated_path(n);
+                if from.exists() {
+                    std::fs::rename(&from, self.rotated_path(n + 1)).map_err(|e| self.err(e))?;
+                }
+            }
+            std::fs::rename(&self.path, self.rotated_path(1)).map_err(|e| self.err(e))?;
+        }
+        if let Some(dir) = self.path.parent()
+            && let Ok(d) = File::open(if dir.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                dir
+            })
+        {
+            let _ = d.sync_all();
+        }
+        Ok(())
     }
 
     /// Appends `records` in one write; with `durable`, fsyncs before returning.
@@ -165,34 +249,78 @@ impl Audit {
             serde_json::to_writer(&mut buf, r).map_err(|e| self.err(std::io::Error::other(e)))?;
             buf.push(b'\n');
         }
-        let mut guard = self
-            .file
-            .lock()
-            .map_err(|_| self.err(std::io::Error::other("audit lock poisoned")))?;
+        let mut guard = self.lock()?;
         if guard.is_none() {
             *guard = Some(self.open_file()?);
         }
-        let Some(file) = guard.as_mut() else {
+        if let Some(open) = guard.as_ref()
+            && open.size > 0
+            && open.size + buf.len() as u64 > self.rotation.max_bytes
+        {
+            *guard = None;
+            self.rotate()?;
+            *guard = Some(self.open_file()?);
+        }
+        let Some(open) = guard.as_mut() else {
             return Err(self.err(std::io::Error::other("audit log not open")));
         };
-        let written = file
-            .write_all(&buf)
-            .and_then(|()| if durable { file.sync_data() } else { Ok(()) });
+        let written = open.file.write_all(&buf).and_then(|()| {
+            if durable {
+                open.file.sync_data()
+            } else {
+                Ok(())
+            }
+        });
         if let Err(e) = written {
             // Reopen next time: the file may have been replaced or the disk freed.
             *guard = None;
             return Err(self.err(e));
         }
+        open.size += buf.len() as u64;
         Ok(())
     }
 
-    /// Reads every record of a log (for reconciliation and tests); unreadable lines
-    /// (a torn last line after a crash) are skipped.
+    /// Every record of a log file (unreadable lines, such as a torn last line after
+    /// a crash, are skipped).
     pub fn read_all(path: &Path) -> std::io::Result<Vec<Record>> {
         let text = std::fs::read_to_string(path)?;
         Ok(text
             .lines()
             .filter_map(|l| serde_json::from_str(l).ok())
             .collect())
+    }
+
+    /// Every record of the log and its rotated files, oldest first.
+    pub fn read_everything(&self) -> Vec<Record> {
+        let mut files: Vec<PathBuf> = (1..=self.rotation.keep.max(1) + 1)
+            .rev()
+            .map(|n| self.rotated_path(n))
+            .collect();
+        files.push(self.path.clone());
+        files
+            .iter()
+            .filter(|p| p.exists())
+            .flat_map(|p| Audit::read_all(p).unwrap_or_default())
+            .collect()
+    }
+
+    /// Intents without an outcome or a skip: kills a crash interrupted.
+    pub fn pending_intents(&self) -> Vec<Record> {
+        let records = self.read_everything();
+        let closed: std::collections::HashSet<&str> = records
+            .iter()
+            .filter(|r| matches!(r.event, Event::Outcome | Event::Skip))
+            .filter_map(|r| r.intent_id.as_deref())
+            .collect();
+        records
+            .iter()
+            .filter(|r| r.event == Event::Intent)
+            .filter(|r| {
+                r.intent_id
+                    .as_deref()
+                    .is_some_and(|id| !closed.contains(id))
+            })
+            .cloned()
+            .collect()
     }
 }

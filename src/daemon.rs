@@ -1,5 +1,6 @@
-//! The daemon: one runner per target on its own schedule, the HTTP endpoints,
-//! reloads and a clean shutdown. Everything comes in through [`start`], so tests
+//! The daemon: one runner per target on its own schedule, the HTTP endpoints, the
+//! local admin socket, leases shared with other replicas, reloads, the systemd
+//! watchdog and a clean shutdown. Everything comes in through [`start`], so tests
 //! run a whole daemon in-process on a random port.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -16,21 +17,27 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::{error, info, warn};
 
-use crate::audit::{Audit, timestamp};
+use crate::audit::{Audit, Event, Record, timestamp};
 use crate::config::{self, Config, ConfigErrors, Target};
+use crate::coordination::{self, LeaseStatus, Leases};
 use crate::core::breaker::{Breaker, Transition};
 use crate::core::plan::{self, RunOutcome, Verdict, Why};
 use crate::core::policy::Policy;
+use crate::core::session::Snapshot;
 use crate::executor::{Executor, Reported, Seen, Tick};
 use crate::metrics::Metrics;
 use crate::providers::{Provider, Want};
 use crate::schedule::Schedule;
 
-/// What the HTTP endpoints read.
+/// What the HTTP endpoints and the admin socket read and act on.
 pub struct Shared {
     pub metrics: Arc<Metrics>,
     pub state: RwLock<State>,
     pub breakers: Mutex<HashMap<(String, String), Breaker>>,
+    audit: Mutex<Option<Arc<Audit>>>,
+    leases: Mutex<Option<(String, Arc<Leases>)>>,
+    /// Last sign of life of each runner (and of the supervisor), for the watchdog.
+    heartbeats: Mutex<HashMap<String, Instant>>,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -41,6 +48,7 @@ pub struct State {
     pub loaded_at: Option<String>,
     pub last_reload_error: Option<String>,
     pub audit: AuditStatus,
+    pub coordination: Option<LeaseStatus>,
     pub targets: BTreeMap<String, TargetStatus>,
     pub policies: Vec<PolicyStatus>,
 }
@@ -55,6 +63,8 @@ pub struct AuditStatus {
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct TargetStatus {
     pub provider: String,
+    /// Whether this replica owns the target (always, without coordination).
+    pub owned: bool,
     pub ready: bool,
     pub last_snapshot_at: Option<String>,
     pub snapshot_ms: Option<u64>,
@@ -97,6 +107,9 @@ impl Shared {
                 ..State::default()
             }),
             breakers: Mutex::new(HashMap::new()),
+            audit: Mutex::new(None),
+            leases: Mutex::new(None),
+            heartbeats: Mutex::new(HashMap::new()),
         }
     }
 
@@ -104,12 +117,22 @@ impl Shared {
         self.state.write().ok().map(|mut s| f(&mut s))
     }
 
+    /// The status, with the leases as they are now.
     pub fn snapshot(&self) -> State {
-        self.state.read().map(|s| s.clone()).unwrap_or_default()
+        let mut s = self.state.read().map(|s| s.clone()).unwrap_or_default();
+        if let Some((server, leases)) = self.leases.lock().ok().and_then(|l| l.clone()) {
+            let status = leases.status(&server);
+            for (name, t) in s.targets.iter_mut() {
+                t.owned = status.owned.contains(name);
+            }
+            s.coordination = Some(status);
+        }
+        s
     }
 
-    /// Why the daemon is not ready, if it is not: the config, the audit log, and
-    /// every target's last snapshot.
+    /// Why the daemon is not ready, if it is not: the config, the audit log, the
+    /// coordination connection, and every owned target's last snapshot (a standby
+    /// replica that owns none is ready).
     pub fn not_ready(&self) -> Vec<String> {
         let s = self.snapshot();
         let mut why = Vec::new();
@@ -123,8 +146,17 @@ impl Shared {
                 s.audit.error.as_deref().unwrap_or("not checked yet")
             ));
         }
+        if let Some(c) = &s.coordination
+            && !c.connected
+        {
+            why.push(
+                c.last_error
+                    .clone()
+                    .unwrap_or_else(|| format!("coordination server {} not connected", c.server)),
+            );
+        }
         for (name, t) in &s.targets {
-            if !t.ready {
+            if t.owned && !t.ready {
                 why.push(format!(
                     "target {name}: {}",
                     t.last_error.as_deref().unwrap_or("no snapshot yet")
@@ -133,18 +165,111 @@ impl Shared {
         }
         why
     }
+
+    fn heartbeat(&self, who: &str) {
+        if let Ok(mut h) = self.heartbeats.lock() {
+            h.insert(who.to_owned(), Instant::now());
+        }
+    }
+
+    fn forget(&self, who: &str) {
+        if let Ok(mut h) = self.heartbeats.lock() {
+            h.remove(who);
+        }
+    }
+
+    /// Whether every loop showed life within `within`.
+    fn all_alive(&self, within: Duration) -> bool {
+        self.heartbeats
+            .lock()
+            .map(|h| h.values().all(|at| at.elapsed() < within))
+            .unwrap_or(false)
+    }
+
+    /// Closes a policy's breaker on a target at an operator's request.
+    pub fn reset_breaker(
+        &self,
+        target: &str,
+        policy: &str,
+    ) -> Result<Option<DateTime<Utc>>, String> {
+        let s = self.snapshot();
+        if !s.targets.contains_key(target) {
+            let names: Vec<&String> = s.targets.keys().collect();
+            return Err(format!(
+                "no target `{target}`; targets: {}",
+                names
+                    .iter()
+                    .map(|n| n.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+        let Some(p) = s.policies.iter().find(|p| p.name == policy) else {
+            let names: Vec<&str> = s.policies.iter().map(|p| p.name.as_str()).collect();
+            return Err(format!(
+                "no policy `{policy}`; policies: {}",
+                names.join(", ")
+            ));
+        };
+        if !p.targets.iter().any(|t| t == target) {
+            return Err(format!(
+                "policy `{policy}` does not run on `{target}`; it runs on: {}",
+                p.targets.join(", ")
+            ));
+        }
+        let was = self
+            .breakers
+            .lock()
+            .map_err(|_| "breaker state unavailable".to_owned())?
+            .get_mut(&(target.to_owned(), policy.to_owned()))
+            .and_then(|b| {
+                let since = b.opened_at;
+                b.reset();
+                since
+            });
+        self.metrics
+            .breaker_open
+            .with_label_values(&[target, policy])
+            .set(0);
+        self.with_state(|st| {
+            if let Some(p) = st.policies.iter_mut().find(|p| p.name == policy)
+                && let Some(r) = p.runs.get_mut(target)
+            {
+                r.breaker_open_since = None;
+                r.breaker_reason = None;
+            }
+        });
+        match was {
+            Some(since) => warn!(
+                "breaker of policy {policy} on {target} closed by an operator (open since {})",
+                timestamp(since)
+            ),
+            None => info!("breaker reset of policy {policy} on {target}: it was not open"),
+        }
+        Ok(was)
+    }
+
+    /// SIGUSR1: the audit log is opened again at its path (after logrotate).
+    pub fn reopen_audit(&self) {
+        if let Some(a) = self.audit.lock().ok().and_then(|a| a.clone()) {
+            a.reopen();
+            info!("audit log {} reopened", a.path().display());
+        }
+    }
 }
 
 /// Messages to a running daemon.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Control {
     Reload,
+    ReopenAudit,
     Shutdown,
 }
 
 /// A running daemon.
 pub struct Handle {
     pub addr: SocketAddr,
+    pub admin_socket: PathBuf,
     pub shared: Arc<Shared>,
     control: mpsc::Sender<Control>,
     join: JoinHandle<()>,
@@ -181,6 +306,17 @@ pub enum StartError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot open the admin socket {path}: {source}")]
+    Admin {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The local admin socket (breaker resets) of a config's daemon.
+pub fn admin_socket_path(config: &Config) -> PathBuf {
+    config.state_dir.join("admin.sock")
 }
 
 /// Loads the config at `path` and starts the daemon. `listen` overrides the
@@ -197,21 +333,42 @@ pub async fn start(path: &Path, listen: Option<SocketAddr>) -> Result<Handle, St
     let addr = listener
         .local_addr()
         .map_err(|source| StartError::Listen { addr, source })?;
+    let admin_path = admin_socket_path(&config);
+    let admin = crate::http::bind_admin(&admin_path).map_err(|source| StartError::Admin {
+        path: admin_path.clone(),
+        source,
+    })?;
     let metrics = Arc::new(Metrics::new());
     let shared = Arc::new(Shared::new(metrics.clone(), path));
     let (http_stop_tx, http_stop_rx) = watch::channel(false);
-    let http = tokio::spawn(crate::http::serve(listener, shared.clone(), http_stop_rx));
-    info!("listening on http://{addr} (/metrics /healthz /readyz /status)");
+    let http = tokio::spawn(crate::http::serve(
+        listener,
+        shared.clone(),
+        http_stop_rx.clone(),
+    ));
+    let admin_task = tokio::spawn(crate::http::serve_admin(
+        admin,
+        shared.clone(),
+        http_stop_rx,
+    ));
+    info!(
+        "listening on http://{addr} (/metrics /healthz /readyz /status); admin socket {}",
+        admin_path.display()
+    );
     let (control_tx, control_rx) = mpsc::channel(8);
     let path = path.to_owned();
     let sup_shared = shared.clone();
+    let admin_file = admin_path.clone();
     let join = tokio::spawn(async move {
         supervise(path, config, sup_shared, control_rx).await;
         let _ = http_stop_tx.send(true);
         let _ = http.await;
+        let _ = admin_task.await;
+        let _ = std::fs::remove_file(&admin_file);
     });
     Ok(Handle {
         addr,
+        admin_socket: admin_path,
         shared,
         control: control_tx,
         join,
@@ -233,17 +390,27 @@ async fn supervise(
         "started: {} targets, {} policies",
         generation.targets, generation.policies
     );
-    while let Some(cmd) = control.recv().await {
+    let watchdog = sd_notify::watchdog_enabled().map(|d| {
+        let shared = shared.clone();
+        tokio::spawn(watchdog(shared, d))
+    });
+    loop {
+        shared.heartbeat("supervisor");
+        let cmd = tokio::select! {
+            cmd = control.recv() => cmd,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+        };
         match cmd {
-            Control::Shutdown => break,
-            Control::Reload => {
+            None | Some(Control::Shutdown) => break,
+            Some(Control::ReopenAudit) => shared.reopen_audit(),
+            Some(Control::Reload) => {
                 notify(&[sd_notify::NotifyState::Reloading, monotonic_usec()]);
                 match config::load(&path) {
                     Ok(new) => {
                         for w in &new.warnings {
                             warn!("{w}");
                         }
-                        generation.stop().await;
+                        generation.stop(&shared).await;
                         generation = Generation::start(new, &shared);
                         shared
                             .metrics
@@ -273,8 +440,24 @@ async fn supervise(
     }
     notify(&[sd_notify::NotifyState::Stopping]);
     info!("stopping: waiting for in-flight runs");
-    generation.stop().await;
+    if let Some(w) = watchdog {
+        w.abort();
+    }
+    generation.stop(&shared).await;
     info!("stopped");
+}
+
+/// Pings systemd's watchdog only while every loop shows life: a hung runner gets
+/// the daemon restarted.
+async fn watchdog(shared: Arc<Shared>, interval: Duration) {
+    loop {
+        tokio::time::sleep(interval / 2).await;
+        if shared.all_alive(interval) {
+            notify(&[sd_notify::NotifyState::Watchdog]);
+        } else {
+            warn!("a scheduler loop is stuck: not pinging the systemd watchdog");
+        }
+    }
 }
 
 fn monotonic_usec() -> sd_notify::NotifyState<'static> {
@@ -291,13 +474,26 @@ fn notify(state: &[sd_notify::NotifyState<'_>]) {
 struct Generation {
     stop: watch::Sender<bool>,
     runners: Vec<JoinHandle<()>>,
+    coordination: Option<JoinHandle<()>>,
     targets: usize,
     policies: usize,
+    runner_names: Vec<String>,
 }
 
 impl Generation {
     fn start(config: Config, shared: &Arc<Shared>) -> Generation {
-        let audit = Arc::new(Audit::new(&config.audit_path()));
+        // One writer per audit file, across reloads.
+        let audit = {
+            let mut slot = shared.audit.lock().unwrap_or_else(|p| p.into_inner());
+            match slot.as_ref() {
+                Some(a) if a.path() == config.audit_path() => a.clone(),
+                _ => {
+                    let a = Arc::new(Audit::new(&config.audit_path(), config.audit));
+                    *slot = Some(a.clone());
+                    a
+                }
+            }
+        };
         let audit_status = match audit.check() {
             Ok(()) => AuditStatus {
                 path: audit.path().display().to_string(),
@@ -318,8 +514,26 @@ impl Generation {
             .audit_writable
             .with_label_values(&[&audit_status.path])
             .set(i64::from(audit_status.writable));
-        let executor = Arc::new(Executor::new(audit, shared.metrics.clone()));
+        // Intents a crash left without an outcome, to reconcile per target.
+        let mut pending: HashMap<String, Vec<Record>> = HashMap::new();
+        for r in audit.pending_intents() {
+            pending.entry(r.target.clone()).or_default().push(r);
+        }
+        let executor = Arc::new(Executor::new(audit.clone(), shared.metrics.clone()));
         let config = Arc::new(config);
+        let (stop, stop_rx) = watch::channel(false);
+        let leases = config.coordination.as_ref().map(|c| {
+            let leases = Arc::new(Leases::new(c.lease));
+            if let Ok(mut slot) = shared.leases.lock() {
+                *slot = Some((c.url.clone(), leases.clone()));
+            }
+            (c.clone(), leases)
+        });
+        if leases.is_none()
+            && let Ok(mut slot) = shared.leases.lock()
+        {
+            *slot = None;
+        }
         shared.with_state(|s| {
             s.config_loaded = true;
             s.loaded_at = Some(timestamp(Utc::now()));
@@ -333,6 +547,7 @@ impl Generation {
                         t.name.clone(),
                         TargetStatus {
                             provider: t.provider.to_owned(),
+                            owned: leases.is_none(),
                             ..old
                         },
                     )
@@ -357,8 +572,40 @@ impl Generation {
                 })
                 .collect();
         });
-        let (stop, stop_rx) = watch::channel(false);
+        let coordination = leases.as_ref().map(|(c, l)| {
+            let names = config.targets.iter().map(|t| t.name.clone()).collect();
+            tokio::spawn(coordination::run(
+                c.clone(),
+                names,
+                l.clone(),
+                shared.metrics.clone(),
+                stop_rx.clone(),
+            ))
+        });
+        // Intents of targets that are no longer configured cannot be checked.
+        let known: HashSet<&str> = config.targets.iter().map(|t| t.name.as_str()).collect();
+        let orphans: Vec<Record> = pending
+            .iter()
+            .filter(|(t, _)| !known.contains(t.as_str()))
+            .flat_map(|(_, r)| r.iter().cloned())
+            .collect();
+        if !orphans.is_empty() {
+            let records: Vec<Record> = orphans
+                .into_iter()
+                .map(|i| {
+                    reconciled(
+                        i,
+                        "unknown-after-crash",
+                        "the target is no longer configured: its state cannot be checked",
+                    )
+                })
+                .collect();
+            if let Err(e) = audit.append(&records, true) {
+                error!("cannot reconcile interrupted kills: {e}");
+            }
+        }
         let mut runners = Vec::new();
+        let mut runner_names = Vec::new();
         for target in &config.targets {
             let runner = Runner {
                 config: config.clone(),
@@ -366,27 +613,52 @@ impl Generation {
                 provider: target.factory.build(&target.name, shared.metrics.clone()),
                 shared: shared.clone(),
                 executor: executor.clone(),
+                leases: leases.as_ref().map(|(_, l)| l.clone()),
+                pending: pending.remove(&target.name).unwrap_or_default(),
                 reported: Reported::new(),
                 spared: Seen::new(),
                 last_logged_error: None,
                 last_blocked: None,
             };
+            let name = format!("runner/{}", target.name);
+            shared.heartbeat(&name);
+            runner_names.push(name);
             runners.push(tokio::spawn(runner.run(stop_rx.clone())));
         }
         Generation {
             stop,
             runners,
+            coordination,
             targets: config.targets.len(),
             policies: config.policies.len(),
+            runner_names,
         }
     }
 
-    async fn stop(&mut self) {
+    async fn stop(&mut self, shared: &Shared) {
         let _ = self.stop.send(true);
         let all = futures::future::join_all(self.runners.drain(..));
         if tokio::time::timeout(DRAIN, all).await.is_err() {
             warn!("in-flight runs did not finish within {}s", DRAIN.as_secs());
         }
+        if let Some(c) = self.coordination.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(5), c).await;
+        }
+        for n in self.runner_names.drain(..) {
+            shared.forget(&n);
+        }
+    }
+}
+
+/// The outcome closing an intent a crash interrupted.
+fn reconciled(intent: Record, result: &str, reason: &str) -> Record {
+    Record {
+        ts: timestamp(Utc::now()),
+        event: Event::Outcome,
+        result: Some(result.to_owned()),
+        reason: reason.to_owned(),
+        error: None,
+        ..intent
     }
 }
 
@@ -397,6 +669,9 @@ struct Runner {
     provider: Arc<dyn Provider>,
     shared: Arc<Shared>,
     executor: Arc<Executor>,
+    leases: Option<Arc<Leases>>,
+    /// Intents of this target a crash left open, reconciled on the first snapshot.
+    pending: Vec<Record>,
     reported: Reported,
     spared: Seen<(u64, &'static str)>,
     last_logged_error: Option<String>,
@@ -410,10 +685,20 @@ struct Due {
     wall: DateTime<Utc>,
 }
 
+/// The longest a runner sleeps without a heartbeat.
+const HEARTBEAT: Duration = Duration::from_secs(1);
+
 impl Runner {
+    fn owns(&self) -> bool {
+        self.leases
+            .as_ref()
+            .is_none_or(|l| l.may_act(&self.target.name))
+    }
+
     async fn run(mut self, mut stop: watch::Receiver<bool>) {
         let config = self.config.clone();
         let policies: Vec<&Policy> = config.policies_for(&self.target.name);
+        let name = format!("runner/{}", self.target.name);
         if policies.is_empty() {
             info!(
                 "target {}: no policy applies; it is only watched",
@@ -430,7 +715,9 @@ impl Runner {
             })
             .collect();
         let idle_check = Duration::from_secs(10);
+        let mut idle_at = Instant::now();
         loop {
+            self.shared.heartbeat(&name);
             if *stop.borrow() {
                 break;
             }
@@ -438,16 +725,23 @@ impl Runner {
                 .iter()
                 .map(|d| d.at)
                 .min()
-                .unwrap_or_else(|| Instant::now() + idle_check);
+                .unwrap_or(idle_at)
+                .min(Instant::now() + HEARTBEAT);
             tokio::select! {
                 _ = tokio::time::sleep_until(next) => {}
                 _ = stop.changed() => break,
             }
+            self.shared.heartbeat(&name);
+            let now = Instant::now();
             if policies.is_empty() {
-                self.tick(&[]).await;
+                if now >= idle_at {
+                    idle_at = now + idle_check;
+                    if self.owns() {
+                        self.tick(&[]).await;
+                    }
+                }
                 continue;
             }
-            let now = Instant::now();
             let slack = Duration::from_millis(1);
             let due_now: Vec<usize> = (0..policies.len())
                 .filter(|&i| due[i].at <= now + slack)
@@ -455,8 +749,13 @@ impl Runner {
             if due_now.is_empty() {
                 continue;
             }
-            let running: Vec<&Policy> = due_now.iter().map(|&i| policies[i]).collect();
-            self.tick(&running).await;
+            if self.owns() {
+                let running: Vec<&Policy> = due_now.iter().map(|&i| policies[i]).collect();
+                self.tick(&running).await;
+            } else if !self.pending.is_empty() {
+                // Reconciling needs a read, not the lease.
+                self.tick(&[]).await;
+            }
             let after = Instant::now();
             let wall_after = Utc::now();
             for &i in &due_now {
@@ -485,11 +784,69 @@ impl Runner {
         }
     }
 
+    /// Intents left open by a crash: the session still there (the kill may or may
+    /// not have been sent) or gone.
+    async fn reconcile(&mut self, snapshot: &Snapshot) {
+        if self.pending.is_empty() || snapshot.partial.is_some() {
+            return;
+        }
+        let records: Vec<Record> = std::mem::take(&mut self.pending)
+            .into_iter()
+            .map(|intent| {
+                let alive = snapshot.sessions.iter().any(|s| {
+                    s.id == intent.session_id && s.user == intent.user && s.host == intent.host
+                });
+                if alive {
+                    reconciled(
+                        intent,
+                        "unknown-after-crash",
+                        "a crash interrupted this kill; the session is still there",
+                    )
+                } else {
+                    reconciled(
+                        intent,
+                        "gone",
+                        "a crash interrupted this kill; the session is gone",
+                    )
+                }
+            })
+            .collect();
+        for r in &records {
+            self.shared
+                .metrics
+                .kills_total
+                .with_label_values(&[
+                    &r.target,
+                    &r.policy,
+                    &r.action,
+                    r.result.as_deref().unwrap_or(""),
+                ])
+                .inc();
+        }
+        let n = records.len();
+        let audit = self.executor.audit().clone();
+        match tokio::task::spawn_blocking(move || audit.append(&records, true)).await {
+            Ok(Ok(())) => info!(
+                "target {}: reconciled {n} kill(s) a crash interrupted",
+                self.target.name
+            ),
+            Ok(Err(e)) => error!(
+                "target {}: cannot record the reconciliation: {e}",
+                self.target.name
+            ),
+            Err(e) => error!("target {}: reconciliation failed: {e}", self.target.name),
+        }
+    }
+
     /// One snapshot, shared by every policy due now.
     async fn tick(&mut self, policies: &[&Policy]) {
         let target = self.target.name.clone();
         let metrics = self.shared.metrics.clone();
-        let want = Want::for_policies(policies);
+        let want = if self.pending.is_empty() {
+            Want::for_policies(policies)
+        } else {
+            Want::everything()
+        };
         let started = std::time::Instant::now();
         let result = self.provider.snapshot(&want).await;
         let elapsed = started.elapsed();
@@ -525,6 +882,7 @@ impl Runner {
         if self.last_logged_error.take().is_some() {
             info!("target {target} is answering again");
         }
+        self.reconcile(&snapshot).await;
         // A partial answer cannot lead to kills: the target is not ready, and says why.
         let partial = snapshot
             .partial
@@ -606,6 +964,9 @@ impl Runner {
         for (pi, since) in &held {
             plan.hold_for_breaker(*pi, *since);
         }
+        let leases = self.leases.clone();
+        let lease_target = target.clone();
+        let may_kill = move || leases.as_ref().is_none_or(|l| l.may_act(&lease_target));
         let tick = Tick {
             target: &target,
             provider: self.provider.as_ref(),
@@ -613,6 +974,7 @@ impl Runner {
             snapshot: &snapshot,
             plan: &plan,
             protected: &protected,
+            may_kill: &may_kill,
         };
         let report = self.executor.execute(&tick, &mut self.reported).await;
         self.shared.with_state(|s| match &report.audit_error {
@@ -620,7 +982,7 @@ impl Runner {
                 s.audit.writable = false;
                 s.audit.error = Some(e.clone());
             }
-            None if !s.audit.writable && report.killed + report.would_kill > 0 => {
+            None if !s.audit.writable && self.executor.audit().check().is_ok() => {
                 s.audit.writable = true;
                 s.audit.error = None;
             }

@@ -27,6 +27,8 @@ pub struct Tick<'a> {
     pub snapshot: &'a Snapshot,
     pub plan: &'a Plan,
     pub protected: &'a Protected,
+    /// Asked right before kills are sent: false when this replica lost its lease.
+    pub may_kill: &'a (dyn Fn() -> bool + Send + Sync),
 }
 
 /// What a tick did.
@@ -236,6 +238,13 @@ impl Executor {
                     crate::core::policy::format_ms(age.num_milliseconds().max(0) as u64),
                     crate::core::policy::format_duration(max)
                 );
+                requests
+                    .iter()
+                    .map(|_| KillOutcome::without_recheck(KillResult::Changed(why.clone())))
+                    .collect()
+            }
+            _ if !(tick.may_kill)() => {
+                let why = "not sent: this replica no longer holds the target's lease".to_owned();
                 requests
                     .iter()
                     .map(|_| KillOutcome::without_recheck(KillResult::Changed(why.clone())))

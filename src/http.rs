@@ -1,13 +1,18 @@
-//! `/metrics`, `/healthz`, `/readyz`, `/status`.
+//! `/metrics`, `/healthz`, `/readyz`, `/status` on the listen address, and the
+//! admin socket (`state_dir/admin.sock`, owner only) for operator actions such as
+//! `breaker reset`: never on the network.
 
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use tokio::net::TcpListener;
+use axum::routing::{get, post};
+use serde::Deserialize;
+use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::watch;
 
 use crate::daemon::Shared;
@@ -22,21 +27,58 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .with_state(shared)
 }
 
-/// Serves until `stop` turns true.
-pub async fn serve(listener: TcpListener, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
-    let app = router(shared);
-    let shutdown = async move {
-        while !*stop.borrow() {
-            if stop.changed().await.is_err() {
-                break;
-            }
+fn admin_router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/breaker/reset", post(breaker_reset))
+        .route("/status", get(status))
+        .with_state(shared)
+}
+
+async fn until(mut stop: watch::Receiver<bool>) {
+    while !*stop.borrow() {
+        if stop.changed().await.is_err() {
+            break;
         }
-    };
-    if let Err(e) = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
+    }
+}
+
+/// Serves until `stop` turns true.
+pub async fn serve(listener: TcpListener, shared: Arc<Shared>, stop: watch::Receiver<bool>) {
+    if let Err(e) = axum::serve(listener, router(shared))
+        .with_graceful_shutdown(until(stop))
         .await
     {
         tracing::error!("HTTP server failed: {e}");
+    }
+}
+
+/// Binds the admin socket, readable and writable by the daemon's user only. A
+/// socket left by a crashed daemon is replaced; one a running daemon answers on is
+/// not (two daemons must not share a state_dir).
+pub fn bind_admin(path: &Path) -> std::io::Result<UnixListener> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AddrInUse,
+                "another session-reaper daemon uses this state_dir",
+            ));
+        }
+        std::fs::remove_file(path)?;
+    }
+    let listener = UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
+pub async fn serve_admin(listener: UnixListener, shared: Arc<Shared>, stop: watch::Receiver<bool>) {
+    if let Err(e) = axum::serve(listener, admin_router(shared))
+        .with_graceful_shutdown(until(stop))
+        .await
+    {
+        tracing::error!("admin socket failed: {e}");
     }
 }
 
@@ -65,4 +107,30 @@ async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
 
 async fn status(State(shared): State<Arc<Shared>>) -> Response {
     axum::Json(shared.snapshot()).into_response()
+}
+
+#[derive(Deserialize)]
+struct BreakerQuery {
+    target: String,
+    policy: String,
+}
+
+async fn breaker_reset(
+    State(shared): State<Arc<Shared>>,
+    Query(q): Query<BreakerQuery>,
+) -> Response {
+    match shared.reset_breaker(&q.target, &q.policy) {
+        Ok(was) => axum::Json(serde_json::json!({
+            "target": q.target,
+            "policy": q.policy,
+            "was_open": was.is_some(),
+            "open_since": was.map(crate::audit::timestamp),
+        }))
+        .into_response(),
+        Err(e) => (
+            StatusCode::NOT_FOUND,
+            axum::Json(serde_json::json!({ "error": e })),
+        )
+            .into_response(),
+    }
 }

@@ -4,6 +4,7 @@
 pub mod audit;
 pub mod cli;
 pub mod config;
+pub mod coordination;
 pub mod core;
 pub mod daemon;
 pub mod executor;

@@ -18,6 +18,28 @@ fn run(args: &[&str]) -> Output {
     bin().args(args).output().expect("the binary runs")
 }
 
+/// The quick start's config with a state_dir of its own, so that daemons of
+/// parallel tests do not share one.
+fn quickstart_copy(setup: &Setup) -> String {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let text = std::fs::read_to_string(format!("{root}/examples/quickstart.yaml"))
+        .unwrap()
+        .replace(
+            "/tmp/session-reaper-quickstart",
+            setup.path().join("state").to_str().unwrap(),
+        )
+        .replace(
+            "policies_dir: ../policies",
+            &format!("policies_dir: {root}/policies"),
+        )
+        .replace(
+            "path: snapshots/",
+            &format!("path: {root}/examples/snapshots/"),
+        );
+    std::fs::write(setup.config_path(), text).unwrap();
+    setup.config_path().display().to_string()
+}
+
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
@@ -209,14 +231,10 @@ fn fingerprint_reads_one_statement_or_json_lines() {
 
 #[test]
 fn the_quick_start_daemon_serves_metrics_and_prints_decisions() {
+    let setup = Setup::new();
+    let config = quickstart_copy(&setup);
     let mut child = bin()
-        .args([
-            "run",
-            "--config",
-            "examples/quickstart.yaml",
-            "--listen",
-            "127.0.0.1:0",
-        ])
+        .args(["run", "--config", &config, "--listen", "127.0.0.1:0"])
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
@@ -579,11 +597,13 @@ fn a_daemon_whose_log_pipe_closed_still_runs_and_stops_on_sigterm() {
 }
 
 fn log_pipe_closed(format: &str) {
+    let setup = Setup::new();
+    let config = quickstart_copy(&setup);
     let mut child = bin()
         .args([
             "run",
             "--config",
-            "examples/quickstart.yaml",
+            &config,
             "--listen",
             "127.0.0.1:0",
             "--log-format",

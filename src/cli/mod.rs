@@ -50,6 +50,20 @@ pub enum LogFormat {
 }
 
 #[derive(Subcommand, Debug)]
+pub enum BreakerAction {
+    /// Close a policy's breaker on a target now, before its cool-down ends. Talks to
+    /// the running daemon through its admin socket (`state_dir/admin.sock`).
+    Reset {
+        #[arg(long, short, value_name = "FILE")]
+        config: PathBuf,
+        #[arg(long, short, value_name = "NAME")]
+        policy: String,
+        #[arg(long, short, value_name = "NAME")]
+        target: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run the daemon: evaluate every policy on its schedule and act on it.
     ///
@@ -114,6 +128,11 @@ pub enum Command {
         /// Session (connection) ids.
         #[arg(required = true, value_name = "ID")]
         ids: Vec<u64>,
+    },
+    /// Operate on the policy×target breakers of the running daemon.
+    Breaker {
+        #[command(subcommand)]
+        action: BreakerAction,
     },
     /// Print the pt-fingerprint-compatible template of the SQL read on stdin.
     Fingerprint {
@@ -180,6 +199,17 @@ async fn run_async(command: Command) -> ExitCode {
         } => {
             init_logging_quiet();
             kill(&config, &target, query, &ids).await
+        }
+        Command::Breaker {
+            action:
+                BreakerAction::Reset {
+                    config,
+                    policy,
+                    target,
+                },
+        } => {
+            init_logging_quiet();
+            breaker_reset(&config, &policy, &target).await
         }
         Command::Fingerprint { .. } | Command::Check { .. } => Ok(ExitCode::SUCCESS),
     };
@@ -272,12 +302,14 @@ async fn run(path: &Path, listen: Option<std::net::SocketAddr>) -> anyhow::Resul
     let mut hup = signal(SignalKind::hangup())?;
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
+    let mut usr1 = signal(SignalKind::user_defined1())?;
     tokio::spawn(async move {
         loop {
             let msg = tokio::select! {
                 _ = hup.recv() => { info!("SIGHUP: reloading the configuration"); Control::Reload }
                 _ = term.recv() => { info!("SIGTERM: shutting down"); Control::Shutdown }
                 _ = int.recv() => { info!("SIGINT: shutting down"); Control::Shutdown }
+                _ = usr1.recv() => { info!("SIGUSR1: reopening the audit log"); Control::ReopenAudit }
             };
             let stop = msg == Control::Shutdown;
             if control.send(msg).await.is_err() || stop {
@@ -417,7 +449,7 @@ async fn kill(path: &Path, name: &str, query: bool, ids: &[u64]) -> anyhow::Resu
     for (id, why) in &refusals {
         eprintln!("session {id}: refused: {why}");
     }
-    let audit = Arc::new(crate::audit::Audit::new(&config.audit_path()));
+    let audit = Arc::new(crate::audit::Audit::new(&config.audit_path(), config.audit));
     audit
         .check()
         .map_err(|e| anyhow::anyhow!("{e}: nothing was killed"))?;
@@ -429,6 +461,7 @@ async fn kill(path: &Path, name: &str, query: bool, ids: &[u64]) -> anyhow::Resu
         snapshot: &snapshot,
         plan: &p,
         protected: &protected,
+        may_kill: &|| true,
     };
     let mut reported = Reported::new();
     let report = executor.execute(&tick, &mut reported).await;
@@ -456,6 +489,62 @@ async fn kill(path: &Path, name: &str, query: bool, ids: &[u64]) -> anyhow::Resu
     } else {
         ExitCode::FAILURE
     })
+}
+
+async fn breaker_reset(path: &Path, policy: &str, target: &str) -> anyhow::Result<ExitCode> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let config = load(path)?;
+    let t = self::target(&config, target)?;
+    let Some(p) = config.policies.iter().find(|p| p.name == policy) else {
+        let names: Vec<&str> = config.policies.iter().map(|p| p.name.as_str()).collect();
+        anyhow::bail!("no policy named `{policy}`; policies: {}", names.join(", "));
+    };
+    if !p.applies_to(&t.name) {
+        let on: Vec<&str> = config
+            .targets
+            .iter()
+            .filter(|x| p.applies_to(&x.name))
+            .map(|x| x.name.as_str())
+            .collect();
+        anyhow::bail!(
+            "policy `{policy}` does not run on `{target}`; it runs on: {}",
+            on.join(", ")
+        );
+    }
+    let socket = daemon::admin_socket_path(&config);
+    let mut stream = tokio::net::UnixStream::connect(&socket).await.map_err(|e| {
+        anyhow::anyhow!(
+            "cannot reach the daemon at {}: {e} (is `session-reaper run --config {}` running as this user?)",
+            socket.display(),
+            path.display()
+        )
+    })?;
+    let q = |s: &str| crate::sign::percent_encode(s);
+    let request = format!(
+        "POST /breaker/reset?target={}&policy={} HTTP/1.0\r\nHost: localhost\r\nContent-Length: 0\r\n\r\n",
+        q(target),
+        q(policy)
+    );
+    stream.write_all(request.as_bytes()).await?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await?;
+    let text = String::from_utf8_lossy(&response);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let ok = head.split_whitespace().nth(1) == Some("200");
+    let doc: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
+    if !ok {
+        anyhow::bail!(
+            "the daemon refused: {}",
+            doc["error"].as_str().unwrap_or(body)
+        );
+    }
+    match doc["open_since"].as_str() {
+        Some(since) => {
+            println!("closed the breaker of policy {policy} on {target} (open since {since})")
+        }
+        None => println!("the breaker of policy {policy} on {target} was not open"),
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn fingerprint(batch: bool) -> ExitCode {

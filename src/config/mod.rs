@@ -36,6 +36,9 @@ pub struct Config {
     pub policies_dir: PathBuf,
     pub ignored_users: Vec<Glob>,
     pub timezone: Zone,
+    pub audit: crate::audit::Rotation,
+    /// Replicas share the targets through GET_LOCK leases on this server.
+    pub coordination: Option<crate::coordination::Coordination>,
     pub targets: Vec<Target>,
     pub policies: Vec<Policy>,
     /// Things that are valid but probably not what was meant.
@@ -103,6 +106,8 @@ impl Config {
 
 const CONFIG_KEYS: &[&str] = &[
     "listen",
+    "audit",
+    "coordination",
     "state_dir",
     "policies_dir",
     "ignored_users",
@@ -365,6 +370,13 @@ fn read_config(doc: &Doc, root: &Spanned<Node>, base: &Path) -> Option<(Config, 
         .get("timezone")
         .and_then(|v| zone(&v))
         .unwrap_or_default();
+    let coordination = map
+        .get("coordination")
+        .map(|v| crate::coordination::read(&v, base));
+    let audit = match map.get("audit") {
+        None => Some(crate::audit::Rotation::default()),
+        Some(v) => read_rotation(&v),
+    };
     let mut targets = Vec::new();
     let mut invalid_targets = Vec::new();
     if let Some(list) = map.require("targets").and_then(|v| v.list()) {
@@ -408,6 +420,11 @@ fn read_config(doc: &Doc, root: &Spanned<Node>, base: &Path) -> Option<(Config, 
             policies_dir,
             ignored_users,
             timezone,
+            audit: audit?,
+            coordination: match coordination {
+                None => None,
+                Some(c) => Some(c?),
+            },
             targets,
             policies: Vec::new(),
             warnings: Vec::new(),
@@ -415,6 +432,50 @@ fn read_config(doc: &Doc, root: &Spanned<Node>, base: &Path) -> Option<(Config, 
         },
         policies_pos,
     ))
+}
+
+fn read_rotation(v: &Value<'_>) -> Option<crate::audit::Rotation> {
+    let map = v.map(&["max_size", "keep"])?;
+    let mut r = crate::audit::Rotation::default();
+    if let Some(v) = map.get("max_size") {
+        let parsed = match v.node() {
+            Node::Int(n) if *n > 0 => Some(*n as u64),
+            Node::Str(s) => parse_size(s),
+            _ => None,
+        };
+        match parsed {
+            Some(n) if n >= 4096 => r.max_bytes = n,
+            _ => {
+                v.error(
+                    "`audit.max_size` must be a size of at least 4KiB",
+                    Some("write `100MiB`, `1GiB` or a number of bytes".to_owned()),
+                );
+                return None;
+            }
+        }
+    }
+    if let Some(v) = map.get("keep") {
+        r.keep = v.u64()? as usize;
+    }
+    Some(r)
+}
+
+/// `100MiB`, `64MB`, `1GiB`, `4096`.
+fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let digits = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let n: u64 = s[..digits].parse().ok()?;
+    let mult: u64 = match s[digits..].trim() {
+        "" | "B" => 1,
+        "KB" => 1_000,
+        "KiB" => 1 << 10,
+        "MB" => 1_000_000,
+        "MiB" => 1 << 20,
+        "GB" => 1_000_000_000,
+        "GiB" => 1 << 30,
+        _ => return None,
+    };
+    n.checked_mul(mult)
 }
 
 fn zone(v: &Value<'_>) -> Option<Zone> {
