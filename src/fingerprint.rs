@@ -161,8 +161,12 @@ fn call_name(q: &[u8]) -> Option<&[u8]> {
         .iter()
         .take_while(|b| !is_space(**b))
         .count();
-    // `\S+` is greedy and backtracks to the last `(` of the run, leaving it at least one byte.
-    let paren = rest[name_at + 1..name_at + run.max(1)]
+    // `\S+` is greedy and backtracks to the last `(` of the run, leaving it at least
+    // one byte: a run of fewer than two bytes cannot hold a name and a `(`.
+    if run < 2 {
+        return None;
+    }
+    let paren = rest[name_at + 1..name_at + run]
         .iter()
         .rposition(|b| *b == b'(')?;
     Some(&rest[..name_at + 1 + paren])
@@ -750,6 +754,9 @@ mod tests {
             "#",
             "call",
             "call (",
+            "call ",
+            "CALL \t",
+            "call x(",
             "insert into",
             "insert into x values (",
             "select union",
