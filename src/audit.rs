@@ -280,47 +280,65 @@ impl Audit {
         Ok(())
     }
 
-    /// Every record of a log file (unreadable lines, such as a torn last line after
-    /// a crash, are skipped).
-    pub fn read_all(path: &Path) -> std::io::Result<Vec<Record>> {
-        let text = std::fs::read_to_string(path)?;
-        Ok(text
-            .lines()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect())
+    /// Calls `each` with every record of a log file, streaming (unreadable lines,
+    /// such as a torn last line after a crash, are skipped). Only regular files are
+    /// read.
+    pub fn for_each_record(path: &Path, mut each: impl FnMut(Record)) -> std::io::Result<()> {
+        use std::io::BufRead;
+        if !std::fs::metadata(path)?.is_file() {
+            return Ok(());
+        }
+        let reader = std::io::BufReader::new(File::open(path)?);
+        for line in reader.split(b'\n') {
+            if let Ok(r) = serde_json::from_slice(&line?) {
+                each(r);
+            }
+        }
+        Ok(())
     }
 
-    /// Every record of the log and its rotated files, oldest first.
-    pub fn read_everything(&self) -> Vec<Record> {
-        let mut files: Vec<PathBuf> = (1..=self.rotation.keep.max(1) + 1)
+    /// Every record of a log file.
+    pub fn read_all(path: &Path) -> std::io::Result<Vec<Record>> {
+        let mut out = Vec::new();
+        Audit::for_each_record(path, |r| out.push(r))?;
+        Ok(out)
+    }
+
+    /// The log and its rotated files, oldest first.
+    fn files(&self) -> Vec<PathBuf> {
+        let mut files: Vec<PathBuf> = (1..=self.rotation.keep + 1)
             .rev()
             .map(|n| self.rotated_path(n))
             .collect();
         files.push(self.path.clone());
-        files
-            .iter()
-            .filter(|p| p.exists())
-            .flat_map(|p| Audit::read_all(p).unwrap_or_default())
-            .collect()
+        files.into_iter().filter(|p| p.exists()).collect()
     }
 
-    /// Intents without an outcome or a skip: kills a crash interrupted.
+    /// Intents without an outcome or a skip: kills a crash interrupted. Streams the
+    /// files: memory grows with the open intents only.
     pub fn pending_intents(&self) -> Vec<Record> {
-        let records = self.read_everything();
-        let closed: std::collections::HashSet<&str> = records
-            .iter()
-            .filter(|r| matches!(r.event, Event::Outcome | Event::Skip))
-            .filter_map(|r| r.intent_id.as_deref())
-            .collect();
-        records
-            .iter()
-            .filter(|r| r.event == Event::Intent)
-            .filter(|r| {
-                r.intent_id
-                    .as_deref()
-                    .is_some_and(|id| !closed.contains(id))
-            })
-            .cloned()
-            .collect()
+        let mut open: Vec<Record> = Vec::new();
+        let mut index: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+        for file in self.files() {
+            let _ = Audit::for_each_record(&file, |r| {
+                let Some(id) = r.intent_id.clone() else {
+                    return;
+                };
+                match r.event {
+                    Event::Intent => {
+                        index.insert(id, open.len());
+                        open.push(r);
+                    }
+                    Event::Outcome | Event::Skip => {
+                        if let Some(i) = index.remove(&id) {
+                            open[i].intent_id = None;
+                        }
+                    }
+                    Event::WouldKill => {}
+                }
+            });
+        }
+        open.retain(|r| r.intent_id.is_some());
+        open
     }
 }

@@ -242,3 +242,51 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn an_id_listed_twice_is_never_a_victim() {
+    let s = Session {
+        id: 7,
+        user: Some("app".to_owned()),
+        host: None,
+        port: None,
+        db: None,
+        command: "Sleep".to_owned(),
+        time_ms: 10,
+        state: None,
+        sql: None,
+        query_id: None,
+        trx: None,
+        template_id: None,
+        node: None,
+    };
+    let snap = Snapshot {
+        format: Snapshot::FORMAT.to_owned(),
+        target: "t".to_owned(),
+        provider: "mysql".to_owned(),
+        taken_at: now(),
+        server: Default::default(),
+        own_connection_ids: Vec::new(),
+        transactions: true,
+        partial: None,
+        sessions: vec![s.clone(), Session { id: 8, ..s.clone() }, s],
+    };
+    let policy = Policy {
+        name: "all".to_owned(),
+        targets: Vec::new(),
+        schedule: Schedule::Every(Duration::from_secs(1)),
+        mode: Mode::Enforce,
+        matcher: Match::default(),
+        action: Action::Kill,
+        victims: Victims::All,
+        limits: Limits::default(),
+        ignored_users: Vec::new(),
+        origin: Origin::default(),
+    };
+    let p = plan(&snap, &[&policy], &Protected::default(), now());
+    let verdicts: Vec<Verdict> = p.decisions.iter().map(|d| d.verdict).collect();
+    assert_eq!(
+        verdicts,
+        vec![Verdict::Spared, Verdict::Kill, Verdict::Spared]
+    );
+}

@@ -91,7 +91,7 @@ impl Spare {
     /// The `reason` label of `spared_total`, for the reasons it counts.
     pub fn metric_reason(&self) -> Option<&'static str> {
         match self {
-            Spare::Protected(p) => Some(p.metric_reason()),
+            Spare::Protected(p) => p.metric_reason(),
             Spare::IgnoredUser(_) => Some("ignored_user"),
             Spare::NotPicked(_) => Some("victims"),
             Spare::Limit(_) | Spare::Blocked(_) | Spare::BreakerOpen { .. } => None,
@@ -207,11 +207,20 @@ pub fn plan(
 ) -> Plan {
     let n = snapshot.sessions.len();
     let blocked = blocked(snapshot, protected, now);
-    let protections: Vec<Option<Protection>> = snapshot
+    let mut protections: Vec<Option<Protection>> = snapshot
         .sessions
         .iter()
         .map(|s| protection(s, &snapshot.own_connection_ids, protected))
         .collect();
+    // An id listed twice on one node is ambiguous: neither copy is a victim.
+    let mut seen: std::collections::HashMap<(Option<&str>, u64), usize> =
+        std::collections::HashMap::with_capacity(n);
+    for (i, s) in snapshot.sessions.iter().enumerate() {
+        if let Some(first) = seen.insert((s.node.as_deref(), s.id), i) {
+            protections[first] = Some(Protection::DuplicateId);
+            protections[i] = Some(Protection::DuplicateId);
+        }
+    }
     let mut decisions = vec![
         Decision {
             verdict: Verdict::NoMatch,

@@ -44,17 +44,20 @@ pub enum Protection {
     UnreadableUser,
     Thread(Thread),
     ProviderAccount(String),
+    /// The snapshot lists the id twice (on one node): which one would die is unclear.
+    DuplicateId,
 }
 
 impl Protection {
     /// The `reason` label of `spared_total`.
-    pub fn metric_reason(&self) -> &'static str {
-        match self {
+    pub fn metric_reason(&self) -> Option<&'static str> {
+        Some(match self {
+            Protection::DuplicateId => return None,
             Protection::OwnConnection => "own_connection",
             Protection::UnreadableUser => "unreadable_user",
             Protection::Thread(_) => "protected_thread",
             Protection::ProviderAccount(_) => "provider_account",
-        }
+        })
     }
 }
 
@@ -65,6 +68,7 @@ impl fmt::Display for Protection {
             Protection::UnreadableUser => f.write_str("its user cannot be read"),
             Protection::Thread(t) => write!(f, "{t}"),
             Protection::ProviderAccount(a) => write!(f, "`{a}` is on the protected account list"),
+            Protection::DuplicateId => f.write_str("its id appears twice in the snapshot"),
         }
     }
 }

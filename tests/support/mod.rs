@@ -4,6 +4,7 @@
 
 pub mod fakes;
 pub mod mariadb;
+pub mod stall;
 
 use std::path::{Path, PathBuf};
 
