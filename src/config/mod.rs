@@ -576,7 +576,11 @@ fn read_policy_file(doc: &Doc, file: &Path, config: &Config) -> Option<Policy> {
             return None;
         }
     };
-    let root = doc.parse(&text)?;
+    policy_in(doc, &text, file, config)
+}
+
+fn policy_in(doc: &Doc, text: &str, file: &Path, config: &Config) -> Option<Policy> {
+    let root = doc.parse(text)?;
     if matches!(root.value, Node::Null) {
         doc.error_at(
             Pos { line: 1, column: 1 },
@@ -587,6 +591,31 @@ fn read_policy_file(doc: &Doc, file: &Path, config: &Config) -> Option<Policy> {
     }
     let map = doc.value(&root, "").map(POLICY_KEYS)?;
     read_policy(&map, file, config)
+}
+
+/// Reads a policy from text against a loaded `config`, reading no file: for tests
+/// and fuzzing.
+pub fn policy_from_str(text: &str, file: &Path, config: &Config) -> Result<Policy, ConfigErrors> {
+    let doc = Doc::new(file);
+    match policy_in(&doc, text, file, config) {
+        Some(p) if !doc.has_errors() => Ok(p),
+        _ => Err(ConfigErrors::sorted(doc.into_errors())),
+    }
+}
+
+/// Reads the config file's own text (its policies are not read): for tests and
+/// fuzzing. Files it names (snapshots, secrets) are still read.
+pub fn config_from_str(text: &str, path: &Path) -> Result<Config, ConfigErrors> {
+    let doc = Doc::new(path);
+    let base = path.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
+    let parsed = doc.parse(text).and_then(|root| read_config(&doc, &root, &base));
+    match parsed {
+        Some((mut c, _)) if !doc.has_errors() => {
+            c.path = path.to_owned();
+            Ok(c)
+        }
+        _ => Err(ConfigErrors::sorted(doc.into_errors())),
+    }
 }
 
 /// Reads one policy mapping (also used by tests on inline YAML).
