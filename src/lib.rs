@@ -13,4 +13,5 @@ pub mod http;
 pub mod metrics;
 pub mod providers;
 pub mod schedule;
+pub mod schema;
 pub mod sign;

@@ -44,6 +44,16 @@ pub enum Format {
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum SchemaKind {
+    Config,
+    Policy,
+}
+
+fn parse_duration_arg(s: &str) -> Result<std::time::Duration, String> {
+    crate::config::yaml::parse_duration(s)
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
 pub enum LogFormat {
     Text,
     Json,
@@ -134,6 +144,26 @@ pub enum Command {
         #[command(subcommand)]
         action: BreakerAction,
     },
+    /// Print the JSON Schema of the config file (default) or of policy files.
+    Schema {
+        #[arg(value_enum, default_value = "config")]
+        kind: SchemaKind,
+    },
+    /// Print shell completions.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff).
+    Man,
+    /// Exit 0 when the daemon at URL answers 200 (for container health checks).
+    Health {
+        /// For example http://127.0.0.1:9187/readyz.
+        #[arg(long, default_value = "http://127.0.0.1:9187/healthz")]
+        url: String,
+        #[arg(long, default_value = "5s", value_parser = parse_duration_arg)]
+        timeout: std::time::Duration,
+    },
     /// Print the pt-fingerprint-compatible template of the SQL read on stdin.
     Fingerprint {
         /// Read one JSON string per line and write one JSON string per line.
@@ -147,6 +177,32 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Fingerprint { batch } => fingerprint(batch),
+        Command::Schema { kind } => {
+            let schema = match kind {
+                SchemaKind::Config => crate::schema::config_schema(),
+                SchemaKind::Policy => crate::schema::policy_schema(),
+            };
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&schema).unwrap_or_default()
+            );
+            ExitCode::SUCCESS
+        }
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "session-reaper", &mut std::io::stdout());
+            ExitCode::SUCCESS
+        }
+        Command::Man => {
+            let cmd = <Cli as clap::CommandFactory>::command();
+            match clap_mangen::Man::new(cmd).render(&mut std::io::stdout()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Check { config } => check(&config),
         command => {
             let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -211,7 +267,12 @@ async fn run_async(command: Command) -> ExitCode {
             init_logging_quiet();
             breaker_reset(&config, &policy, &target).await
         }
-        Command::Fingerprint { .. } | Command::Check { .. } => Ok(ExitCode::SUCCESS),
+        Command::Health { url, timeout } => health(&url, timeout).await,
+        Command::Fingerprint { .. }
+        | Command::Check { .. }
+        | Command::Schema { .. }
+        | Command::Completions { .. }
+        | Command::Man => Ok(ExitCode::SUCCESS),
     };
     match result {
         Ok(code) => code,
@@ -489,6 +550,23 @@ async fn kill(path: &Path, name: &str, query: bool, ids: &[u64]) -> anyhow::Resu
     } else {
         ExitCode::FAILURE
     })
+}
+
+async fn health(url: &str, timeout: std::time::Duration) -> anyhow::Result<ExitCode> {
+    let client = reqwest::Client::builder().timeout(timeout).build()?;
+    match client.get(url).send().await {
+        Ok(r) if r.status().is_success() => Ok(ExitCode::SUCCESS),
+        Ok(r) => {
+            let code = r.status();
+            let body = r.text().await.unwrap_or_default();
+            eprintln!("{url}: {code}: {}", body.trim());
+            Ok(ExitCode::FAILURE)
+        }
+        Err(e) => {
+            eprintln!("{url}: {e}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
 }
 
 async fn breaker_reset(path: &Path, policy: &str, target: &str) -> anyhow::Result<ExitCode> {

@@ -104,7 +104,7 @@ impl Config {
     }
 }
 
-const CONFIG_KEYS: &[&str] = &[
+pub const CONFIG_KEYS: &[&str] = &[
     "listen",
     "audit",
     "coordination",
@@ -114,8 +114,8 @@ const CONFIG_KEYS: &[&str] = &[
     "timezone",
     "targets",
 ];
-const TARGET_KEYS: &[&str] = &["name", "provider", "max_snapshot_age", "protected_users"];
-const POLICY_KEYS: &[&str] = &[
+pub const TARGET_KEYS: &[&str] = &["name", "provider", "max_snapshot_age", "protected_users"];
+pub const POLICY_KEYS: &[&str] = &[
     "name",
     "description",
     "targets",
@@ -128,7 +128,7 @@ const POLICY_KEYS: &[&str] = &[
     "limits",
     "ignored_users",
 ];
-const MATCH_KEYS: &[&str] = &[
+pub const MATCH_KEYS: &[&str] = &[
     "user",
     "not_user",
     "host",
@@ -143,7 +143,7 @@ const MATCH_KEYS: &[&str] = &[
     "in_transaction",
     "min_trx_time",
 ];
-const LIMIT_KEYS: &[&str] = &["max_kills_per_run", "max_kill_fraction", "breaker_cooldown"];
+pub const LIMIT_KEYS: &[&str] = &["max_kills_per_run", "max_kill_fraction", "breaker_cooldown"];
 
 /// Processlist commands of MySQL 5.7–9 and MariaDB 10–11, for typo checks.
 pub const COMMANDS: &[&str] = &[
@@ -607,8 +607,13 @@ pub fn policy_from_str(text: &str, file: &Path, config: &Config) -> Result<Polic
 /// fuzzing. Files it names (snapshots, secrets) are still read.
 pub fn config_from_str(text: &str, path: &Path) -> Result<Config, ConfigErrors> {
     let doc = Doc::new(path);
-    let base = path.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
-    let parsed = doc.parse(text).and_then(|root| read_config(&doc, &root, &base));
+    let base = path
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."));
+    let parsed = doc
+        .parse(text)
+        .and_then(|root| read_config(&doc, &root, &base));
     match parsed {
         Some((mut c, _)) if !doc.has_errors() => {
             c.path = path.to_owned();
