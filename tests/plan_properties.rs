@@ -290,3 +290,60 @@ fn an_id_listed_twice_is_never_a_victim() {
         vec![Verdict::Spared, Verdict::Kill, Verdict::Spared]
     );
 }
+
+#[test]
+fn staleness_is_measured_below_a_millisecond() {
+    let s = Session {
+        id: 7,
+        user: Some("app".to_owned()),
+        host: None,
+        port: None,
+        db: None,
+        command: "Sleep".to_owned(),
+        time_ms: 10,
+        state: None,
+        sql: None,
+        query_id: None,
+        trx: None,
+        template_id: None,
+        node: None,
+    };
+    let policy = Policy {
+        name: "all".to_owned(),
+        targets: Vec::new(),
+        schedule: Schedule::Every(Duration::from_secs(1)),
+        mode: Mode::Enforce,
+        matcher: Match::default(),
+        action: Action::Kill,
+        victims: Victims::All,
+        limits: Limits::default(),
+        ignored_users: Vec::new(),
+        origin: Origin::default(),
+    };
+    let kills = |age_us: i64, max: Duration| {
+        let snap = Snapshot {
+            format: Snapshot::FORMAT.to_owned(),
+            target: "t".to_owned(),
+            provider: "mysql".to_owned(),
+            taken_at: now() - chrono::Duration::microseconds(age_us),
+            server: Default::default(),
+            own_connection_ids: Vec::new(),
+            transactions: true,
+            partial: None,
+            sessions: vec![s.clone()],
+        };
+        let protected = Protected {
+            accounts: Vec::new(),
+            max_snapshot_age: Some(max),
+        };
+        let p = plan(&snap, &[&policy], &protected, now());
+        (p.decisions[0].verdict == Verdict::Kill, p.blocked.is_some())
+    };
+    // 0.4 ms old is older than `max_snapshot_age: 0s`.
+    assert_eq!(kills(400, Duration::ZERO), (false, true));
+    assert_eq!(kills(0, Duration::ZERO), (true, false));
+    assert_eq!(kills(4_999_999, Duration::from_secs(5)), (true, false));
+    assert_eq!(kills(5_000_001, Duration::from_secs(5)), (false, true));
+    // A snapshot from the future (a clock step) counts as age 0.
+    assert_eq!(kills(-3_000_000, Duration::from_secs(5)), (true, false));
+}

@@ -326,10 +326,16 @@ fn blocked(snapshot: &Snapshot, protected: &Protected, now: DateTime<Utc>) -> Op
         return Some(Blocked::Partial(why.clone()));
     }
     let max = protected.max_snapshot_age?;
-    // A snapshot from the future (clock step) counts as age 0.
-    let age_ms = (now - snapshot.taken_at).num_milliseconds().max(0) as u64;
-    let max_ms = max.as_millis() as u64;
-    (age_ms > max_ms).then_some(Blocked::Stale { age_ms, max_ms })
+    // A snapshot from the future (clock step) counts as age 0. Compared in
+    // microseconds: a snapshot 0.4 ms old is older than `max_snapshot_age: 0s`.
+    let age_us = (now - snapshot.taken_at)
+        .num_microseconds()
+        .unwrap_or(i64::MAX)
+        .max(0) as u128;
+    (age_us > max.as_micros()).then_some(Blocked::Stale {
+        age_ms: (age_us / 1000) as u64,
+        max_ms: max.as_millis() as u64,
+    })
 }
 
 /// Splits candidates into victims and the ones `victims:` leaves alone.
