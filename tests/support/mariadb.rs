@@ -147,16 +147,21 @@ impl MariaDb {
                 .stderr(Stdio::null())
                 .spawn()
                 .expect("mariadbd starts");
-            let pid = child.id();
             // The server must not outlive this test process, whatever happens to it.
+            // Only the test process's end counts: a server stopped and restarted by
+            // a test (a new pid, in the pid file) keeps its data directory.
             let parent = std::process::id();
+            let pidfile = dir.join("pid");
             let _ = Command::new("sh")
                 .arg("-c")
                 .arg(format!(
-                    "trap '' HUP INT; while kill -0 {parent} 2>/dev/null && kill -0 {pid} 2>/dev/null; do sleep 0.5; done; \
-                     kill -TERM {pid} 2>/dev/null; for i in 1 2 3 4 5 6 7 8 9 10; do kill -0 {pid} 2>/dev/null || break; sleep 0.5; done; \
-                     kill -KILL {pid} 2>/dev/null; rm -rf '{}'",
-                    dir.display()
+                    "trap '' HUP INT; while kill -0 {parent} 2>/dev/null; do sleep 0.5; done; \
+                     pid=$(cat '{pidfile}' 2>/dev/null); \
+                     if [ -n \"$pid\" ]; then kill -TERM $pid 2>/dev/null; \
+                       for i in 1 2 3 4 5 6 7 8 9 10; do kill -0 $pid 2>/dev/null || break; sleep 0.5; done; \
+                       kill -KILL $pid 2>/dev/null; fi; rm -rf '{dir}'",
+                    pidfile = pidfile.display(),
+                    dir = dir.display()
                 ))
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
@@ -393,8 +398,11 @@ impl MariaDb {
 
 impl Drop for MariaDb {
     fn drop(&mut self) {
-        if self.dir.is_some() && SHARED.get().map(|s| s.port) != Some(self.port) {
+        if let Some(dir) = &self.dir
+            && SHARED.get().map(|s| s.port) != Some(self.port)
+        {
             self.stop();
+            let _ = std::fs::remove_dir_all(dir);
         }
     }
 }
