@@ -429,6 +429,7 @@ async fn supervise(
                             .config_reloads_total
                             .with_label_values(&["error"])
                             .inc();
+                        shared.metrics.config_last_reload_successful.set(0);
                         let text = e.to_string();
                         error!("reload failed; the running configuration stays:\n{text}");
                         shared.with_state(|s| s.last_reload_error = Some(text));
@@ -529,6 +530,11 @@ impl Generation {
             }
             (c.clone(), leases)
         });
+        shared.metrics.declare(
+            &config,
+            leases.is_some(),
+            Utc::now().timestamp_millis() as f64 / 1000.0,
+        );
         if leases.is_none()
             && let Ok(mut slot) = shared.leases.lock()
         {

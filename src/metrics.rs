@@ -1,10 +1,16 @@
 //! The Prometheus metrics of DESIGN.md (prefix `session_reaper_`), in one registry
 //! that outlives configuration reloads.
 
+use std::collections::HashSet;
+use std::sync::Mutex;
+use std::time::Duration;
+
 use prometheus::{
-    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
+
+use crate::config::Config;
 
 pub struct Metrics {
     registry: Registry,
@@ -27,7 +33,48 @@ pub struct Metrics {
     pub target_ready: IntGaugeVec,
     pub audit_writable: IntGaugeVec,
     pub build_info: IntGaugeVec,
+    pub schedule_interval_seconds: GaugeVec,
+    pub policy_loaded_timestamp_seconds: GaugeVec,
+    pub config_last_reload_successful: IntGauge,
+    /// The target and (target, policy) series of the running configuration, so
+    /// that a reload can drop the gauges of what it removed.
+    declared: Mutex<Declared>,
 }
+
+#[derive(Default)]
+struct Declared {
+    targets: HashSet<String>,
+    pairs: HashSet<(String, String)>,
+}
+
+/// Every `result` label of `kills_total`.
+pub const KILL_RESULTS: [&str; 7] = [
+    "killed",
+    "gone",
+    "changed",
+    "refused",
+    "failed",
+    "unknown",
+    "unknown-after-crash",
+];
+/// Every `reason` label of `spared_total`.
+pub const SPARED_REASONS: [&str; 6] = [
+    "ignored_user",
+    "protected_thread",
+    "own_connection",
+    "provider_account",
+    "unreadable_user",
+    "victims",
+];
+/// Every `outcome` label of `evaluations_total`.
+pub const OUTCOMES: [&str; 6] = [
+    "ok",
+    "stale",
+    "partial",
+    "error",
+    "breaker_open",
+    "skipped_overrun",
+];
 
 const PREFIX: &str = "session_reaper";
 
@@ -132,6 +179,18 @@ impl Metrics {
                 opts("build_info", "Always 1; the version is in the label."),
                 &["version"]
             ).expect("valid")),
+            schedule_interval_seconds: register!(GaugeVec::new(
+                opts("schedule_interval_seconds", "The policy's schedule interval on the target (for a cron line, the gap between its next two runs when loaded)."),
+                &["target", "policy"]
+            ).expect("valid")),
+            policy_loaded_timestamp_seconds: register!(GaugeVec::new(
+                opts("policy_loaded_timestamp_seconds", "When the configuration that runs the policy on the target was loaded (Unix time): the start of the wait for its first success."),
+                &["target", "policy"]
+            ).expect("valid")),
+            config_last_reload_successful: register!(IntGauge::with_opts(
+                opts("config_last_reload_successful", "0 after a reload failed (the previous configuration keeps running), 1 once a load succeeds.")
+            ).expect("valid")),
+            declared: Mutex::new(Declared::default()),
             registry,
         };
         m.build_info
@@ -140,6 +199,86 @@ impl Metrics {
         m.config_reloads_total.with_label_values(&["success"]);
         m.config_reloads_total.with_label_values(&["error"]);
         m
+    }
+
+    /// Creates the series of a configuration that is starting, at zero (so rates and
+    /// ratios have a start, and dashboards show a target before its first event), sets
+    /// the schedule gauges, and drops the gauges of targets and policies it no
+    /// longer has. Counters of removed ones stay: they are history.
+    pub fn declare(&self, config: &Config, coordinated: bool, loaded_at_unix: f64) {
+        let mut targets = HashSet::new();
+        let mut pairs = HashSet::new();
+        for t in &config.targets {
+            let target = t.name.as_str();
+            targets.insert(t.name.clone());
+            self.sessions.with_label_values(&[target]);
+            self.target_ready.with_label_values(&[target]);
+            if coordinated {
+                self.lease_held.with_label_values(&[target]);
+            }
+            for reason in SPARED_REASONS {
+                self.spared_total.with_label_values(&[target, reason]);
+            }
+            self.snapshot_duration_seconds
+                .with_label_values(&[target, t.provider]);
+            self.detect_to_kill_seconds.with_label_values(&[target]);
+            self.recheck_to_kill_seconds.with_label_values(&[target]);
+            for p in config.policies.iter().filter(|p| p.applies_to(target)) {
+                let policy = p.name.as_str();
+                pairs.insert((t.name.clone(), p.name.clone()));
+                self.matched_sessions.with_label_values(&[target, policy]);
+                self.breaker_open.with_label_values(&[target, policy]);
+                self.would_kill_total.with_label_values(&[target, policy]);
+                for result in KILL_RESULTS {
+                    self.kills_total.with_label_values(&[
+                        target,
+                        policy,
+                        p.action.as_str(),
+                        result,
+                    ]);
+                }
+                for outcome in OUTCOMES {
+                    self.evaluations_total
+                        .with_label_values(&[policy, target, outcome]);
+                }
+                let interval = p.schedule.interval().or_else(|| {
+                    let now = chrono::Utc::now();
+                    let first = p.schedule.next_after(now)?;
+                    let second = p.schedule.next_after(first)?;
+                    (second - first).to_std().ok()
+                });
+                self.schedule_interval_seconds
+                    .with_label_values(&[target, policy])
+                    .set(interval.map_or(f64::NAN, |d: Duration| d.as_secs_f64()));
+                self.policy_loaded_timestamp_seconds
+                    .with_label_values(&[target, policy])
+                    .set(loaded_at_unix);
+            }
+        }
+        self.config_last_reload_successful.set(1);
+        let Ok(mut declared) = self.declared.lock() else {
+            return;
+        };
+        for gone in declared.targets.difference(&targets) {
+            let l = [gone.as_str()];
+            let _ = self.sessions.remove_label_values(&l);
+            let _ = self.target_ready.remove_label_values(&l);
+            let _ = self.lease_held.remove_label_values(&l);
+        }
+        if !coordinated {
+            for t in &targets {
+                let _ = self.lease_held.remove_label_values(&[t.as_str()]);
+            }
+        }
+        for (t, p) in declared.pairs.difference(&pairs) {
+            let l = [t.as_str(), p.as_str()];
+            let _ = self.matched_sessions.remove_label_values(&l);
+            let _ = self.breaker_open.remove_label_values(&l);
+            let _ = self.last_success_timestamp_seconds.remove_label_values(&l);
+            let _ = self.schedule_interval_seconds.remove_label_values(&l);
+            let _ = self.policy_loaded_timestamp_seconds.remove_label_values(&l);
+        }
+        *declared = Declared { targets, pairs };
     }
 
     pub fn provider_request(&self, provider: &str, operation: &str, status: &str) {
