@@ -112,7 +112,10 @@ fn every_shipped_policy_and_config_validates() {
     validate("policy.schema.json", &policies);
     validate(
         "config.schema.json",
-        &[format!("{}/examples/quickstart.yaml", root())],
+        &[
+            format!("{}/examples/quickstart.yaml", root()),
+            format!("{}/deploy/config.yaml", root()),
+        ],
     );
 }
 

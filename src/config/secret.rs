@@ -1,6 +1,8 @@
 //! Secrets are never inline: `{env: NAME}` or `{file: PATH}`. A relative `file`
 //! path is read from systemd's `$CREDENTIALS_DIRECTORY` when it is set (so
-//! `LoadCredential=` works), otherwise next to the config file.
+//! `LoadCredential=` works), otherwise next to the config file or, failing that, in
+//! its `credentials/` directory (where the unit's `LoadCredential=` lines read them
+//! from), so that `check` and `plan` run by an operator find what the service gets.
 
 use std::path::Path;
 
@@ -101,8 +103,13 @@ fn resolve(path: &Path, base: &Path) -> std::path::PathBuf {
     if path.is_absolute() {
         return path.to_owned();
     }
-    match std::env::var_os("CREDENTIALS_DIRECTORY") {
-        Some(dir) => Path::new(&dir).join(path),
-        None => base.join(path),
+    if let Some(dir) = std::env::var_os("CREDENTIALS_DIRECTORY") {
+        return Path::new(&dir).join(path);
     }
+    let beside = base.join(path);
+    let stored = base.join("credentials").join(path);
+    if !beside.exists() && stored.exists() {
+        return stored;
+    }
+    beside
 }
