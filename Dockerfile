@@ -10,6 +10,8 @@ FROM rust:1.89-slim-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
+# Cargo reads every target the manifest declares, the benches included.
+COPY benches ./benches
 COPY policies ./policies
 COPY deploy/config.yaml ./deploy/config.yaml
 RUN CARGO_PROFILE_RELEASE_DEBUG=false CARGO_PROFILE_RELEASE_STRIP=true \

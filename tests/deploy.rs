@@ -637,8 +637,22 @@ fn the_dockerfile_builds_what_cargo_needs_and_runs_unprivileged() {
         }
     }
     let manifest = read("Cargo.toml");
-    for line in manifest.lines().filter(|l| l.starts_with("path = ")) {
-        let path = line.trim_start_matches("path = ").trim_matches('"');
+    // Declared targets: their `path`, or where Cargo looks for a [[bench]] by name.
+    let mut section = "";
+    let mut paths = Vec::new();
+    for line in manifest.lines() {
+        if line.starts_with('[') {
+            section = line;
+        } else if let Some(p) = line.strip_prefix("path = ") {
+            paths.push(p.trim_matches('"').to_owned());
+        } else if let Some(name) = line.strip_prefix("name = ")
+            && section == "[[bench]]"
+        {
+            paths.push(format!("benches/{}.rs", name.trim_matches('"')));
+        }
+    }
+    for path in &paths {
+        let path = path.as_str();
         assert!(
             copied
                 .iter()

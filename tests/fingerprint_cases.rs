@@ -118,16 +118,46 @@ mod robustness {
             "😀",
             "\u{0}",
             "\u{7f}",
+            "x'",
+            "X'",
+            "b'",
+            "0X",
+            "1E+",
+            "E",
+            "a",
+            "t1",
+            ".5",
+            "''",
+            "-.",
+            "ff",
+            "AB",
         ]);
         prop::collection::vec(pieces, 0..60).prop_map(|v| v.concat())
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(5000))]
+        #![proptest_config(ProptestConfig::with_cases(20000))]
 
         #[test]
         fn any_text_fingerprints_without_panicking(sql in "\\PC{0,200}") {
             let _ = fingerprint(&sql);
+        }
+
+        /// Statements without `"` or `\\` take one fused pass for quotes, numbers
+        /// and signs; it must give exactly what the passes one by one give.
+        #[test]
+        fn the_fused_pass_agrees_with_the_passes_one_by_one(sql in sqlish()) {
+            let sql = sql.replace(['"', '\\'], " ");
+            let mut fused = session_reaper::fingerprint::Fingerprinter::default();
+            let mut sequential = session_reaper::fingerprint::Fingerprinter::sequential();
+            prop_assert_eq!(fused.fingerprint(&sql), sequential.fingerprint(&sql), "{:?}", sql);
+        }
+
+        #[test]
+        fn any_text_fused_or_not_agrees(sql in "[ -~]{0,120}") {
+            let mut fused = session_reaper::fingerprint::Fingerprinter::default();
+            let mut sequential = session_reaper::fingerprint::Fingerprinter::sequential();
+            prop_assert_eq!(fused.fingerprint(&sql), sequential.fingerprint(&sql), "{:?}", sql);
         }
 
         #[test]

@@ -6,7 +6,7 @@ use std::time::Duration;
 use chrono::{TimeZone, Utc};
 use proptest::prelude::*;
 use session_reaper::core::glob::Glob;
-use session_reaper::core::plan::{RunOutcome, Verdict, plan};
+use session_reaper::core::plan::{RunOutcome, Spare, Verdict, Why, plan};
 use session_reaper::core::policy::{Action, Limits, Match, Mode, Origin, Policy, Victims};
 use session_reaper::core::protected::{Protected, protection};
 use session_reaper::core::session::{Session, Snapshot, Transaction};
@@ -24,6 +24,13 @@ const USERS: &[&str] = &[
     "event_scheduler",
     "",
 ];
+const STATES: [&str; 5] = [
+    "Sending data",
+    "sending DATA",
+    "Slave has read all relay log; waiting for more updates",
+    "Waiting for table metadata lock",
+    "",
+];
 const COMMANDS: &[&str] = &[
     "Sleep",
     "Query",
@@ -35,39 +42,58 @@ const COMMANDS: &[&str] = &[
     "Slave_SQL",
 ];
 
+/// Milliseconds, often exactly on a threshold another draw may pick.
+fn millis() -> impl Strategy<Value = u64> {
+    prop_oneof![
+        0u64..3_000_000,
+        prop::sample::select(&[0u64, 1, 999, 1000, 1001, 60_000, 2_000_000][..]),
+    ]
+}
+
 fn session() -> impl Strategy<Value = Session> {
     (
         1u64..400,
         prop::option::weighted(0.95, prop::sample::select(USERS)),
         prop::sample::select(COMMANDS),
-        0u64..3_000_000,
-        prop::option::of(0u64..3_000_000),
+        millis(),
+        prop::option::of(millis()),
         prop::option::of(prop::sample::select(
             &[
                 "SELECT 1",
                 "SELECT * FROM t WHERE id = 5",
+                "SELECT * FROM t WHERE id = 6",
                 "UPDATE t SET a = 1",
             ][..],
         )),
+        (
+            prop::option::of(prop::sample::select(
+                &["10.0.0.1", "10.0.0.2", "192.168.1.9", ""][..],
+            )),
+            prop::option::of(prop::sample::select(&["shop", "Shop", "billing"][..])),
+            prop::option::of(prop::sample::select(&STATES[..])),
+            prop::option::of(prop::sample::select(&["t1", "t2"][..])),
+        ),
     )
-        .prop_map(|(id, user, command, time_ms, trx, sql)| Session {
-            id,
-            user: user.map(str::to_owned),
-            host: Some("10.0.0.1".to_owned()),
-            port: Some(40000),
-            db: Some("shop".to_owned()),
-            command: command.to_owned(),
-            time_ms,
-            state: None,
-            sql: sql.map(str::to_owned),
-            query_id: Some(id * 10),
-            trx: trx.map(|age_ms| Transaction {
-                id: "1".to_owned(),
-                age_ms,
-            }),
-            template_id: None,
-            node: None,
-        })
+        .prop_map(
+            |(id, user, command, time_ms, trx, sql, (host, db, state, template))| Session {
+                id,
+                user: user.map(str::to_owned),
+                host: host.map(str::to_owned),
+                port: Some(40000),
+                db: db.map(str::to_owned),
+                command: command.to_owned(),
+                time_ms,
+                state: state.map(str::to_owned),
+                sql: sql.map(str::to_owned),
+                query_id: Some(id * 10),
+                trx: trx.map(|age_ms| Transaction {
+                    id: "1".to_owned(),
+                    age_ms,
+                }),
+                template_id: template.map(str::to_owned),
+                node: None,
+            },
+        )
 }
 
 fn snapshot() -> impl Strategy<Value = Snapshot> {
@@ -113,11 +139,30 @@ fn policy() -> impl Strategy<Value = Policy> {
             prop::sample::select(&["sleep", "query", "daemon", "binlog dump"][..]),
             0..2,
         ),
-        prop::option::of(0u64..2_000_000),
+        prop::option::of(millis()),
         prop::option::of(any::<bool>()),
         prop::collection::vec(prop::sample::select(&["etl", "monitor", "app_*"][..]), 0..2),
         (any::<bool>(), any::<bool>(), 0usize..3),
         (prop::option::of(1u64..20), prop::option::of(0.05f64..1.0)),
+        (
+            prop::collection::vec(prop::sample::select(&["app_batch", "r*"][..]), 0..2),
+            prop::collection::vec(prop::sample::select(&["10.0.0.*", "192.*", ""][..]), 0..2),
+            prop::collection::vec(prop::sample::select(&["shop", "bill*"][..]), 0..2),
+            prop::collection::vec(
+                prop::sample::select(&["sending data", "waiting for table metadata lock"][..]),
+                0..2,
+            ),
+            prop::option::of(prop_oneof![
+                millis().prop_map(|m| m * 1000),
+                1u64..3_000_000_000
+            ]),
+            prop::option::of(millis()),
+            prop::collection::vec(
+                prop::sample::select(&["SELECT * FROM t WHERE id = ?", "UPDATE t SET a = ?"][..]),
+                0..2,
+            ),
+            prop::collection::vec(prop::sample::select(&["t1"][..]), 0..2),
+        ),
     )
         .prop_map(
             |(
@@ -128,6 +173,7 @@ fn policy() -> impl Strategy<Value = Policy> {
                 ignored,
                 (enforce, kill_query, victims),
                 (max_kills, max_fraction),
+                (not_user, host, db, state, max_time, min_trx, templates, template_ids),
             )| Policy {
                 name: "p".to_owned(),
                 targets: Vec::new(),
@@ -138,6 +184,17 @@ fn policy() -> impl Strategy<Value = Policy> {
                     command: command.into_iter().map(str::to_owned).collect(),
                     min_time: min_time.map(Duration::from_millis),
                     in_transaction: in_trx,
+                    not_user: globs(not_user),
+                    host: globs(host),
+                    db: globs(db),
+                    state: state.into_iter().map(str::to_owned).collect(),
+                    max_time: max_time.map(Duration::from_micros),
+                    min_trx_time: min_trx.map(Duration::from_millis),
+                    sql_template: templates
+                        .into_iter()
+                        .map(session_reaper::fingerprint::fingerprint)
+                        .collect(),
+                    template_id: template_ids.into_iter().map(str::to_owned).collect(),
                     ..Match::default()
                 },
                 action: if kill_query {
@@ -196,6 +253,34 @@ proptest! {
             if d.verdict != Verdict::WouldKill {
                 prop_assert_eq!(policy.mode, Mode::Enforce);
             }
+        }
+    }
+
+    /// `plan` works the conditions out per distinct value and per user; what it
+    /// finds must be exactly what `Match::matches` and `protection` say, session
+    /// by session.
+    #[test]
+    fn plan_matches_and_protects_exactly_as_the_reference_does(
+        snap in snapshot(),
+        mut policies in prop::collection::vec(policy(), 1..5),
+        protected in protected(),
+    ) {
+        for (i, p) in policies.iter_mut().enumerate() {
+            p.name = format!("p{i}");
+        }
+        let refs: Vec<&Policy> = policies.iter().collect();
+        let plan = plan(&snap, &refs, &protected, now());
+        for (run, policy) in plan.runs.iter().zip(&policies) {
+            let expected = snap.sessions.iter().filter(|s| policy.matcher.matches(s, snap.transactions)).count();
+            prop_assert_eq!(run.matched, expected, "policy {:?}", policy.matcher);
+        }
+        for (s, d) in snap.sessions.iter().zip(&plan.decisions) {
+            let expected = protection(s, &snap.own_connection_ids, &protected);
+            let got = match &d.why {
+                Why::Spared(Spare::Protected(p)) => Some(p.clone()),
+                _ => None,
+            };
+            prop_assert_eq!(got, expected, "session {:?}", s);
         }
     }
 

@@ -4,6 +4,7 @@
 
 pub mod breaker;
 pub mod glob;
+mod index;
 pub mod plan;
 pub mod policy;
 pub mod protected;

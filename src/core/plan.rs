@@ -6,10 +6,14 @@ use std::fmt;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
+use super::glob::Glob;
+use super::index::{FingerprintCache, Index, Matcher, Needs};
 use super::policy::{Action, Mode, Policy, Victims, format_ms};
-use super::protected::{Protected, Protection, protection};
+use super::protected::{
+    Protected, Protection, account_protection, command_protection, protection, replication_state,
+    user_protection,
+};
 use super::session::{Session, Snapshot};
-use crate::fingerprint::Fingerprinter;
 
 /// The decisions for one snapshot of one target.
 #[derive(Debug, Clone)]
@@ -207,55 +211,52 @@ pub fn plan(
 ) -> Plan {
     let n = snapshot.sessions.len();
     let blocked = blocked(snapshot, protected, now);
-    let mut protections: Vec<Option<Protection>> = snapshot
-        .sessions
-        .iter()
-        .map(|s| protection(s, &snapshot.own_connection_ids, protected))
-        .collect();
+    let index = Index::new(snapshot, Needs::of(policies.iter().map(|p| &p.matcher)));
+    // Protected sessions are decided before any policy looks at them.
+    let mut decisions = decide_protected(snapshot, &index, protected);
     // An id listed twice on one node is ambiguous: neither copy is a victim.
-    let mut seen: std::collections::HashMap<(Option<&str>, u64), usize> =
-        std::collections::HashMap::with_capacity(n);
-    for (i, s) in snapshot.sessions.iter().enumerate() {
-        if let Some(first) = seen.insert((s.node.as_deref(), s.id), i) {
-            protections[first] = Some(Protection::DuplicateId);
-            protections[i] = Some(Protection::DuplicateId);
-        }
+    for i in index.duplicate_ids() {
+        decisions[i] = protected_decision(Protection::DuplicateId);
     }
-    let mut decisions = vec![
-        Decision {
-            verdict: Verdict::NoMatch,
-            policy: None,
-            why: Why::NoMatch,
-        };
-        n
-    ];
-    for (i, p) in protections.iter().enumerate() {
-        if let Some(p) = p {
-            decisions[i].verdict = Verdict::Spared;
-            decisions[i].why = Why::Spared(Spare::Protected(p.clone()));
-        }
-    }
-    let mut fingerprints = FingerprintCache::new(n);
+    // (`claim` never replaces a protection, so this stays true once true.)
+    let is_protected = |d: &Decision| matches!(d.why, Why::Spared(Spare::Protected(_)));
+    let mut fingerprints = FingerprintCache::new();
     let mut runs = Vec::with_capacity(policies.len());
+    let mut matching: Vec<(u32, u32)> = Vec::new();
     for (pi, policy) in policies.iter().enumerate() {
-        let mut matched = 0;
-        let mut candidates = Vec::new();
-        for (si, session) in snapshot.sessions.iter().enumerate() {
-            let failed = policy
-                .matcher
-                .first_failure(session, snapshot.transactions, &mut |sql| {
-                    fingerprints.get(si, sql)
-                });
-            if failed.is_some() {
+        // The sessions the policy's `match` holds for, ascending. A policy that
+        // names users visits only those users' sessions.
+        let mut matcher = Matcher::new(&policy.matcher, &index, &mut fingerprints);
+        let mut ignored: Vec<Option<Option<&Glob>>> = vec![None; index.users.len()];
+        matching.clear();
+        for user in 0..index.users.len() as u32 {
+            if !matcher.user_holds(&index, user) {
                 continue;
             }
-            matched += 1;
-            if protections[si].is_some() {
+            for row in index.rows_of(user) {
+                if matcher.holds_beyond_user(
+                    &index,
+                    row,
+                    &snapshot.sessions,
+                    snapshot.transactions,
+                    &mut fingerprints,
+                ) {
+                    matching.push((row.session, row.user));
+                }
+            }
+        }
+        matching.sort_unstable();
+        let matched = matching.len();
+        let mut candidates = Vec::new();
+        for &(si, user) in &matching {
+            let si = si as usize;
+            if is_protected(&decisions[si]) {
                 claim_spared(&mut decisions[si], pi, None);
                 continue;
             }
-            let user = session.user.as_deref().unwrap_or_default();
-            if let Some(glob) = policy.ignores(user) {
+            let ignoring = *ignored[user as usize]
+                .get_or_insert_with(|| policy.ignores(index.users.get(user).unwrap_or_default()));
+            if let Some(glob) = ignoring {
                 claim_spared(
                     &mut decisions[si],
                     pi,
@@ -415,25 +416,67 @@ fn claim_spared(d: &mut Decision, policy: usize, spare: Option<Spare>) {
     }
 }
 
-/// Fingerprints computed at most once per session per plan.
-struct FingerprintCache {
-    fingerprinter: Fingerprinter,
-    cache: Vec<Option<String>>,
+fn protected_decision(p: Protection) -> Decision {
+    Decision {
+        verdict: Verdict::Spared,
+        policy: None,
+        why: Why::Spared(Spare::Protected(p)),
+    }
 }
 
-impl FingerprintCache {
-    fn new(n: usize) -> Self {
-        FingerprintCache {
-            fingerprinter: Fingerprinter::default(),
-            cache: vec![None; n],
-        }
-    }
-
-    fn get(&mut self, session: usize, sql: &str) -> String {
-        self.cache[session]
-            .get_or_insert_with(|| self.fingerprinter.fingerprint(sql).to_owned())
-            .clone()
-    }
+/// The starting decision of every session: spared if `protection` says so, worked
+/// out once per distinct command, user and state (the same checks in the same
+/// order), otherwise no match yet.
+fn decide_protected(
+    snapshot: &Snapshot,
+    index: &Index<'_>,
+    protected: &Protected,
+) -> Vec<Decision> {
+    let commands: Vec<Option<Protection>> = (0..index.commands.len() as u32)
+        .map(|c| {
+            command_protection(index.commands.get(c).unwrap_or_default()).map(Protection::Thread)
+        })
+        .collect();
+    let users: Vec<(Option<Protection>, Option<Protection>)> = (0..index.users.len() as u32)
+        .map(|u| {
+            let user = index.users.get(u);
+            (
+                user_protection(user),
+                account_protection(user.unwrap_or_default(), protected),
+            )
+        })
+        .collect();
+    let states: Vec<bool> = (0..index.states.len() as u32)
+        .map(|s| index.states.get(s).is_some_and(replication_state))
+        .collect();
+    let own = &snapshot.own_connection_ids;
+    index
+        .ids
+        .iter()
+        .zip(&index.fields)
+        .map(|(&(id, _), &[user, command, state])| {
+            if own.contains(&id) {
+                return Some(Protection::OwnConnection);
+            }
+            let (early, account) = &users[user as usize];
+            commands[command as usize]
+                .clone()
+                .or_else(|| early.clone())
+                .or_else(|| {
+                    states[state as usize]
+                        .then_some(Protection::Thread(super::protected::Thread::Replication))
+                })
+                .or_else(|| account.clone())
+        })
+        .map(|p| match p {
+            Some(p) => protected_decision(p),
+            None => Decision {
+                verdict: Verdict::NoMatch,
+                policy: None,
+                why: Why::NoMatch,
+            },
+        })
+        .collect()
 }
 
 impl Plan {
@@ -549,6 +592,10 @@ pub fn plan_manual(
             continue;
         };
         let s = &snapshot.sessions[i];
+        if snapshot.sessions[i + 1..].iter().any(|o| o.id == id) {
+            refused.push((id, format!("protected: {}", Protection::DuplicateId)));
+            continue;
+        }
         if let Some(p) = protection(s, &snapshot.own_connection_ids, protected) {
             refused.push((id, format!("protected: {p}")));
             continue;

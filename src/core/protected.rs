@@ -95,31 +95,55 @@ pub fn protection(session: &Session, own_ids: &[u64], protected: &Protected) -> 
     if own_ids.contains(&session.id) {
         return Some(Protection::OwnConnection);
     }
-    if let Some(&(_, thread)) = PROTECTED_COMMANDS
-        .iter()
-        .find(|(c, _)| c.eq_ignore_ascii_case(&session.command))
-    {
+    if let Some(thread) = command_protection(&session.command) {
         return Some(Protection::Thread(thread));
     }
-    let user = match session.user.as_deref() {
-        None | Some("") => return Some(Protection::UnreadableUser),
-        Some(user) => user,
-    };
-    match user {
-        "system user" => return Some(Protection::Thread(Thread::SystemUser)),
-        "event_scheduler" => return Some(Protection::Thread(Thread::EventScheduler)),
-        _ => {}
+    if let Some(p) = user_protection(session.user.as_deref()) {
+        return Some(p);
     }
-    if let Some(state) = session.state.as_deref()
-        && (state.starts_with("Slave has read all relay log")
-            || state.starts_with("Replica has read all relay log")
-            || state.starts_with("Waiting for master to send event")
-            || state.starts_with("Waiting for source to send event")
-            || state.starts_with("Master has sent all binlog")
-            || state.starts_with("Source has sent all binlog"))
-    {
+    if session.state.as_deref().is_some_and(replication_state) {
         return Some(Protection::Thread(Thread::Replication));
     }
+    account_protection(session.user.as_deref().unwrap_or_default(), protected)
+}
+
+// The parts of `protection`, in its order, each a function of one field so that
+// `plan` can work them out once per distinct value.
+
+/// A server or replication thread, by its command.
+pub fn command_protection(command: &str) -> Option<Thread> {
+    PROTECTED_COMMANDS
+        .iter()
+        .find(|(c, _)| c.eq_ignore_ascii_case(command))
+        .map(|&(_, thread)| thread)
+}
+
+/// An unreadable user, or a server thread's user.
+pub fn user_protection(user: Option<&str>) -> Option<Protection> {
+    match user {
+        None | Some("") => Some(Protection::UnreadableUser),
+        Some("system user") => Some(Protection::Thread(Thread::SystemUser)),
+        Some("event_scheduler") => Some(Protection::Thread(Thread::EventScheduler)),
+        Some(_) => None,
+    }
+}
+
+/// The state of a replication thread (for servers that show it under another command).
+pub fn replication_state(state: &str) -> bool {
+    [
+        "Slave has read all relay log",
+        "Replica has read all relay log",
+        "Waiting for master to send event",
+        "Waiting for source to send event",
+        "Master has sent all binlog",
+        "Source has sent all binlog",
+    ]
+    .iter()
+    .any(|p| state.starts_with(p))
+}
+
+/// A protected account (exact name).
+pub fn account_protection(user: &str, protected: &Protected) -> Option<Protection> {
     protected
         .accounts
         .iter()
