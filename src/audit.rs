@@ -46,6 +46,10 @@ pub struct Record {
     pub error: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub intent_id: Option<String>,
+    /// Outcomes of sent kills: microseconds from the compare-and-kill re-check read
+    /// to sending the kill (the window in which the session could have changed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recheck_to_kill_us: Option<u64>,
 }
 
 /// The fields every record of one session shares.
@@ -79,6 +83,7 @@ impl Record {
             result: None,
             error: None,
             intent_id: None,
+            recheck_to_kill_us: None,
         }
     }
 }

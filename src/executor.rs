@@ -364,6 +364,10 @@ pub fn outcome_record(intent: Record, outcome: &KillOutcome, at: chrono::DateTim
             KillResult::Gone => "the session ended before the kill".to_owned(),
             _ => intent.reason.clone(),
         },
+        recheck_to_kill_us: match (outcome.rechecked_at, outcome.sent_at) {
+            (Some(r), Some(k)) => Some(k.saturating_duration_since(r).as_micros() as u64),
+            _ => None,
+        },
         ..intent
     }
 }

@@ -145,7 +145,7 @@ pub struct MysqlTarget {
     password: Option<Secret>,
     /// Connect and query timeout (default 5s).
     timeout: Option<DurationText>,
-    /// Connections used for kills in parallel (default 4).
+    /// Connections of the pool; kills run on all of them in parallel (default 2).
     pool_size: Option<u64>,
 }
 

@@ -73,6 +73,21 @@ async fn idle_sessions_of_a_matched_user_are_killed_and_others_are_not() {
             .iter()
             .all(|r| r.result.as_deref() == Some("killed"))
     );
+    // Each kill says how long after its re-check it was sent.
+    let mut windows: Vec<u64> = outcomes
+        .iter()
+        .map(|r| {
+            r.recheck_to_kill_us
+                .expect("a sent kill has its re-check window")
+        })
+        .collect();
+    windows.sort_unstable();
+    println!(
+        "re-check to kill: p50 {} us, p99 {} us, max {} us",
+        windows[windows.len() / 2],
+        windows[windows.len() * 99 / 100],
+        windows[windows.len() - 1]
+    );
     let first = &outcomes[0];
     assert_eq!(first.mode, "enforce");
     assert_eq!(first.policy, "idle-app");

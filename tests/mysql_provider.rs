@@ -158,6 +158,83 @@ async fn kill_ends_the_connection_and_reports_gone_for_a_second_try() {
     );
 }
 
+/// Kills go several to a packet; the server stops at the first error and runs none
+/// of the statements after it. Those must be re-checked and sent again, and the
+/// one that failed reported for what it is.
+#[tokio::test(flavor = "multi_thread")]
+async fn kills_after_a_failed_one_in_the_same_packet_are_sent_again() {
+    let db = MariaDb::shared();
+    let setup = Setup::new();
+    let reaper = db.reaper_user().await;
+    let app = db.create_user("batch_app", None).await;
+    let _conns = db.open_idle(&app, 4).await;
+    // One connection: every kill of this test goes in one packet.
+    let target = format!(
+        "{}    pool_size: 1\n",
+        setup.mysql_target("db", db, &reaper)
+    );
+    let config = config::load(&setup.config(&format!("targets:\n{target}"))).unwrap();
+    let p = config.targets[0]
+        .factory
+        .build("db", Arc::new(Metrics::new()));
+    let snap = p.snapshot(&Want::everything()).await.unwrap();
+    let mut victims: Vec<KillRequest> = snap
+        .sessions
+        .iter()
+        .filter(|s| s.user.as_deref() == Some(app.name.as_str()))
+        .map(|s| KillRequest {
+            session: s.clone(),
+            action: Action::Kill,
+            ignored_users: Vec::new(),
+            tag: 0,
+        })
+        .collect();
+    assert_eq!(victims.len(), 4);
+    // Second in the packet: an id no session has, which the re-check below lets
+    // through, so that its KILL fails (ER_NO_SUCH_THREAD) with kills after it.
+    let mut ghost = victims[0].clone();
+    ghost.session.id = 4_000_000_000;
+    victims.insert(1, ghost);
+    let sent_ghost = std::sync::atomic::AtomicUsize::new(0);
+    let check = |req: &KillRequest, fresh: Option<&Session>| {
+        if req.session.id == 4_000_000_000 {
+            sent_ghost.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Recheck::Proceed
+        } else {
+            identity(req, fresh)
+        }
+    };
+    let outcomes = p.kill(&victims, &check).await;
+    let results: Vec<&KillResult> = outcomes.iter().map(|o| &o.result).collect();
+    assert_eq!(
+        results,
+        [
+            &KillResult::Killed,
+            &KillResult::Gone,
+            &KillResult::Killed,
+            &KillResult::Killed,
+            &KillResult::Killed
+        ],
+        "{outcomes:?}"
+    );
+    assert_eq!(
+        sent_ghost.load(std::sync::atomic::Ordering::Relaxed),
+        1,
+        "the failed kill is not sent twice"
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || async {
+            db.ids_of(&app.name).await.is_empty()
+        })
+        .await,
+        "every session of the packet was killed"
+    );
+    for o in &outcomes {
+        let (r, k) = (o.rechecked_at.unwrap(), o.sent_at.unwrap());
+        assert!(k >= r, "each kill answered after its re-check");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn kill_is_skipped_when_the_id_now_belongs_to_another_user() {
     let db = MariaDb::shared();

@@ -366,6 +366,7 @@ fn the_audit_log_rotates_by_size_and_keeps_n_files() {
         result: (event == Event::Outcome).then(|| "killed".to_owned()),
         error: None,
         intent_id: Some(format!("i-{n}")),
+        recheck_to_kill_us: None,
     };
     for n in 0..40 {
         audit.append(&[record(Event::Intent, n)], true).unwrap();

@@ -4,12 +4,15 @@
 //! `QUERY_ID`; MySQL 8: `performance_schema.processlist` when it is on) left-joined
 //! with `information_schema.INNODB_TRX`. The flavour is detected once per connection.
 //! Kill: `KILL CONNECTION id`, `KILL QUERY id`, and on MariaDB `KILL QUERY ID
-//! query_id`, which can only end the statement that was matched.
+//! query_id`, which can only end the statement that was matched. Kills go in
+//! batches: one re-check read of up to `KILL_BATCH` sessions, then one packet of
+//! `KILL` statements for those still the ones matched (a round trip per batch, not
+//! per kill: 3,000 idle sessions go in about a quarter of a second).
 //!
 //! Connections come from a small pool of our own, so that kills run concurrently
 //! and so that we know the id of every connection we hold: they are never victims.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -52,7 +55,10 @@ const BUILTIN_ACCOUNTS: &[&str] = &[
 ];
 
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
-const DEFAULT_POOL: u64 = 4;
+/// Two connections: kills run on both at once, each sending packets of up to
+/// `KILL_BATCH` statements. Measured on MariaDB 10.11 (benches/storm): two lanes
+/// clear 3,000 sessions faster than four, which contend for the server's thread list.
+const DEFAULT_POOL: u64 = 2;
 
 fn parse(map: &Map<'_>, base: &Path) -> Option<Arc<dyn Factory>> {
     let url = map.require("url").and_then(|v| {
@@ -466,112 +472,245 @@ impl MysqlProvider {
         }
     }
 
-    async fn kill_chunk(
+    /// One lane of a kill: takes batches off `queue` until it is empty. Each batch is
+    /// re-checked by one read, then every session still the one matched is killed by
+    /// one packet of `KILL` statements. Statements the server did not run (it stops at
+    /// an error) go back on the queue, to be re-checked again.
+    async fn kill_lane<'r>(
         &self,
-        chunk: Vec<(usize, &KillRequest)>,
+        queue: &Mutex<VecDeque<Batch<'r>>>,
+        outcomes: &Mutex<Vec<Option<KillOutcome>>>,
         recheck: &Rechecker<'_>,
-    ) -> Vec<(usize, KillOutcome)> {
-        let ids: Vec<u64> = chunk.iter().map(|(_, r)| r.session.id).collect();
-        let (fresh, server, mut lease) = match self
-            .read_sessions(&Want::everything(), Some(&ids), "recheck")
-            .await
-        {
-            Ok(x) => x,
-            Err(e) => {
-                let why = format!("not sent: the re-check failed: {e}");
-                return chunk
-                    .into_iter()
-                    .map(|(i, _)| {
-                        (
-                            i,
-                            KillOutcome::without_recheck(KillResult::Failed(why.clone())),
-                        )
-                    })
-                    .collect();
+        failure: &Mutex<Option<String>>,
+    ) {
+        let set = |i: usize, o: KillOutcome| {
+            if let Ok(mut out) = outcomes.lock() {
+                out[i] = Some(o);
             }
         };
-        let _ = server;
-        let rechecked_at = Instant::now();
-        let fresh: HashMap<u64, Session> = fresh.into_iter().map(|s| (s.id, s)).collect();
-        let mut out = Vec::with_capacity(chunk.len());
-        let mut broken: Option<String> = None;
-        for (i, req) in chunk {
-            if let Some(why) = &broken {
-                out.push((
-                    i,
-                    KillOutcome::without_recheck(KillResult::Failed(format!("not sent: {why}"))),
-                ));
-                continue;
-            }
-            let verdict = recheck(req, fresh.get(&req.session.id));
-            let result = match verdict {
-                Recheck::Gone => KillResult::Gone,
-                Recheck::Changed(why) => KillResult::Changed(why),
-                Recheck::Proceed => {
-                    let conn = lease.conn();
-                    let stmt = kill_statement(conn.flavour, req);
-                    let sent_at = Instant::now();
-                    let r = tokio::time::timeout(self.timeout, conn.conn.query_drop(stmt)).await;
-                    let result = match r {
-                        Ok(Ok(())) => {
-                            self.metrics.provider_request("mysql", "kill", "ok");
-                            KillResult::Killed
-                        }
-                        Ok(Err(mysql_async::Error::Server(e))) => {
-                            self.metrics.provider_request("mysql", "kill", "error");
-                            match e.code {
-                                // ER_NO_SUCH_THREAD, ER_NO_SUCH_QUERY
-                                1094 | 1957 => KillResult::Gone,
-                                // ER_KILL_DENIED_ERROR, ER_SPECIFIC_ACCESS_DENIED_ERROR
-                                1095 | 1227 => KillResult::Refused(format!(
-                                    "server error {}: {}",
-                                    e.code, e.message
-                                )),
-                                _ => KillResult::Failed(format!(
-                                    "server error {}: {}",
-                                    e.code, e.message
-                                )),
-                            }
-                        }
-                        Ok(Err(e)) => {
-                            self.metrics.provider_request("mysql", "kill", "error");
-                            broken = Some("the connection broke".to_owned());
-                            KillResult::Unknown(format!("no answer to the kill: {}", describe(&e)))
-                        }
-                        Err(_) => {
-                            self.metrics.provider_request("mysql", "kill", "timeout");
-                            broken = Some("the connection timed out".to_owned());
-                            KillResult::Unknown(format!(
-                                "no answer to the kill within {}",
-                                crate::core::policy::format_duration(self.timeout)
-                            ))
-                        }
-                    };
-                    out.push((
-                        i,
-                        KillOutcome {
-                            result,
-                            rechecked_at: Some(rechecked_at),
-                            sent_at: Some(sent_at),
-                        },
-                    ));
-                    continue;
+        loop {
+            let Some(batch) = queue.lock().ok().and_then(|mut q| q.pop_front()) else {
+                return;
+            };
+            let ids: Vec<u64> = batch.iter().map(|(_, r)| r.session.id).collect();
+            let (fresh, _, mut lease) = match self
+                .read_sessions(&Want::everything(), Some(&ids), "recheck")
+                .await
+            {
+                Ok(x) => x,
+                Err(e) => {
+                    let why = format!("not sent: the re-check failed: {e}");
+                    for (i, _) in batch {
+                        set(
+                            i,
+                            KillOutcome::without_recheck(KillResult::Failed(why.clone())),
+                        );
+                    }
+                    if let Ok(mut f) = failure.lock() {
+                        *f = Some(why);
+                    }
+                    return;
                 }
             };
-            out.push((
-                i,
-                KillOutcome {
-                    result,
-                    rechecked_at: Some(rechecked_at),
-                    sent_at: None,
-                },
-            ));
+            let rechecked_at = Instant::now();
+            let fresh: HashMap<u64, Session> = fresh.into_iter().map(|s| (s.id, s)).collect();
+            let mut send = Vec::with_capacity(batch.len());
+            for (i, req) in batch {
+                let result = match recheck(req, fresh.get(&req.session.id)) {
+                    Recheck::Proceed => {
+                        send.push((i, req));
+                        continue;
+                    }
+                    Recheck::Gone => KillResult::Gone,
+                    Recheck::Changed(why) => KillResult::Changed(why),
+                };
+                set(
+                    i,
+                    KillOutcome {
+                        result,
+                        rechecked_at: Some(rechecked_at),
+                        sent_at: None,
+                    },
+                );
+            }
+            if send.is_empty() {
+                continue;
+            }
+            let conn = lease.conn();
+            let statements: Vec<String> = send
+                .iter()
+                .map(|(_, r)| kill_statement(conn.flavour, r))
+                .collect();
+            let answers = self.send_kills(&mut conn.conn, &statements).await;
+            let mut not_run = Vec::new();
+            let mut lost = false;
+            for (k, (i, req)) in send.into_iter().enumerate() {
+                let (result, at) = match answers.get(k) {
+                    Some((Answer::Done, at)) => {
+                        self.metrics.provider_request("mysql", "kill", "ok");
+                        (KillResult::Killed, *at)
+                    }
+                    Some((Answer::Refused { code, message }, at)) => {
+                        self.metrics.provider_request("mysql", "kill", "error");
+                        let text = format!("server error {code}: {message}");
+                        let result = match code {
+                            // ER_NO_SUCH_THREAD, ER_NO_SUCH_QUERY
+                            1094 | 1957 => KillResult::Gone,
+                            // ER_KILL_DENIED_ERROR, ER_SPECIFIC_ACCESS_DENIED_ERROR
+                            1095 | 1227 => KillResult::Refused(text),
+                            _ => KillResult::Failed(text),
+                        };
+                        (result, *at)
+                    }
+                    Some((Answer::Lost { why, outcome }, at)) => {
+                        self.metrics.provider_request("mysql", "kill", outcome);
+                        lost = true;
+                        (KillResult::Unknown(why.clone()), *at)
+                    }
+                    None if lost => {
+                        // Sent in the same packet as a kill whose answer never came:
+                        // the server may have run it.
+                        let (why, at) = answers
+                            .last()
+                            .and_then(|(a, at)| match a {
+                                Answer::Lost { why, .. } => Some((why.clone(), *at)),
+                                _ => None,
+                            })
+                            .unwrap_or_else(|| {
+                                ("no answer to the kill".to_owned(), Instant::now())
+                            });
+                        (KillResult::Unknown(why), at)
+                    }
+                    None => {
+                        // After an error the server runs none of the statements that
+                        // follow in the packet: re-check and send them again.
+                        not_run.push((i, req));
+                        continue;
+                    }
+                };
+                set(
+                    i,
+                    KillOutcome {
+                        result,
+                        rechecked_at: Some(rechecked_at),
+                        sent_at: Some(at),
+                    },
+                );
+            }
+            if !not_run.is_empty()
+                && let Ok(mut q) = queue.lock()
+            {
+                q.push_front(not_run);
+            }
+            if lost {
+                lease.discard();
+                if let Ok(mut f) = failure.lock() {
+                    *f = Some("not sent: the connection broke".to_owned());
+                }
+                return;
+            }
         }
-        if broken.is_some() {
-            lease.discard();
+    }
+
+    /// Sends `statements` in one packet. The answer of each, in order, with the
+    /// moment it was read, up to the first error: the server runs none after it.
+    async fn send_kills(&self, conn: &mut Conn, statements: &[String]) -> Vec<(Answer, Instant)> {
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let lost = |e: Option<mysql_async::Error>| match e {
+            Some(e) => Answer::Lost {
+                why: format!("no answer to the kill: {}", describe(&e)),
+                outcome: "error",
+            },
+            None => Answer::Lost {
+                why: format!(
+                    "no answer to the kill within {}",
+                    crate::core::policy::format_duration(self.timeout)
+                ),
+                outcome: "timeout",
+            },
+        };
+        let mut out = Vec::with_capacity(statements.len());
+        let mut result =
+            match tokio::time::timeout_at(deadline, conn.query_iter(statements.join("; "))).await {
+                Ok(Ok(r)) => r,
+                Ok(Err(mysql_async::Error::Server(e))) => {
+                    out.push((
+                        Answer::Refused {
+                            code: e.code,
+                            message: e.message,
+                        },
+                        Instant::now(),
+                    ));
+                    return out;
+                }
+                Ok(Err(e)) => {
+                    out.push((lost(Some(e)), Instant::now()));
+                    return out;
+                }
+                Err(_) => {
+                    out.push((lost(None), Instant::now()));
+                    return out;
+                }
+            };
+        out.push((Answer::Done, Instant::now()));
+        // Consuming the (empty) result of statement k reads the answer to statement
+        // k + 1: an OK becomes the next pending result, an error is kept and returned
+        // when that result is consumed. So the call that consumes statement k tells
+        // whether statement k failed.
+        let mut read_at = Instant::now();
+        for k in 0..statements.len() {
+            match tokio::time::timeout_at(deadline, result.collect::<Row>()).await {
+                Ok(Ok(_)) => {
+                    if k > 0 {
+                        out.push((Answer::Done, read_at));
+                    }
+                    read_at = Instant::now();
+                }
+                Ok(Err(mysql_async::Error::Server(e))) if k > 0 => {
+                    out.push((
+                        Answer::Refused {
+                            code: e.code,
+                            message: e.message,
+                        },
+                        read_at,
+                    ));
+                    return out;
+                }
+                Ok(Err(e)) => {
+                    out.push((lost(Some(e)), Instant::now()));
+                    return out;
+                }
+                Err(_) => {
+                    out.push((lost(None), Instant::now()));
+                    return out;
+                }
+            }
         }
         out
     }
+}
+
+/// Requests (with their index) re-checked and killed together.
+type Batch<'r> = Vec<(usize, &'r KillRequest)>;
+
+/// At most this many kills go in one packet after one re-check. It bounds the
+/// window between a session's re-check and its kill (a server runs a `KILL` in
+/// tens of microseconds) while keeping re-checks, each a scan of the whole process
+/// list, few.
+const KILL_BATCH: usize = 250;
+
+/// The server's answer to one `KILL` of a packet.
+enum Answer {
+    Done,
+    Refused {
+        code: u16,
+        message: String,
+    },
+    /// The connection broke or timed out: whether it ran is unknown.
+    Lost {
+        why: String,
+        outcome: &'static str,
+    },
 }
 
 #[async_trait]
@@ -602,23 +741,28 @@ impl Provider for MysqlProvider {
             return Vec::new();
         }
         let lanes = self.pool_size.min(requests.len()).max(1);
-        let per_lane = requests.len().div_ceil(lanes);
+        let size = requests.len().div_ceil(lanes).clamp(1, KILL_BATCH);
         let indexed: Vec<(usize, &KillRequest)> = requests.iter().enumerate().collect();
-        let chunks: Vec<Vec<(usize, &KillRequest)>> =
-            indexed.chunks(per_lane).map(<[_]>::to_vec).collect();
-        let results =
-            futures::future::join_all(chunks.into_iter().map(|c| self.kill_chunk(c, recheck)))
-                .await;
-        let mut outcomes: Vec<Option<KillOutcome>> = vec![None; requests.len()];
-        for (i, o) in results.into_iter().flatten() {
-            outcomes[i] = Some(o);
-        }
+        let queue: Mutex<VecDeque<Batch<'_>>> =
+            Mutex::new(indexed.chunks(size).map(<[_]>::to_vec).collect());
+        let outcomes: Mutex<Vec<Option<KillOutcome>>> = Mutex::new(vec![None; requests.len()]);
+        let failure = Mutex::new(None);
+        futures::future::join_all(
+            (0..lanes).map(|_| self.kill_lane(&queue, &outcomes, recheck, &failure)),
+        )
+        .await;
+        // Batches left when every lane had stopped on a failure.
+        let why = failure
+            .into_inner()
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| "not attempted".to_owned());
         outcomes
+            .into_inner()
+            .unwrap_or_default()
             .into_iter()
             .map(|o| {
-                o.unwrap_or_else(|| {
-                    KillOutcome::without_recheck(KillResult::Failed("not attempted".to_owned()))
-                })
+                o.unwrap_or_else(|| KillOutcome::without_recheck(KillResult::Failed(why.clone())))
             })
             .collect()
     }
