@@ -254,13 +254,19 @@ impl Executor {
         };
         let done = Utc::now();
         let mut records = Vec::with_capacity(outcomes.len());
+        let mut quiet = 0;
         for ((intent, outcome), (req, &(_, pi))) in intents
             .into_iter()
             .zip(&outcomes)
             .zip(requests.iter().zip(&kills))
         {
             let policy = tick.policies[pi];
-            self.observe(tick, policy, req, outcome, done);
+            // A storm would flood the journal: past the first few, the kills of a
+            // run are summed up in one line (each one is in the audit log).
+            let log = records.len() < LOGGED_KILLS_PER_RUN
+                || !matches!(outcome.result, KillResult::Killed | KillResult::Gone);
+            quiet += usize::from(!log);
+            self.observe(tick, policy, req, outcome, done, log);
             if matches!(outcome.result, KillResult::Killed) {
                 report.killed += 1;
                 report.killed_by[pi] += 1;
@@ -271,6 +277,13 @@ impl Executor {
                 .outcomes
                 .push((req.session.id, outcome.result.clone()));
             records.push(outcome_record(intent, outcome, done));
+        }
+        if quiet > 0 {
+            info!(
+                target: "session_reaper::decision",
+                "and {quiet} more sessions killed or gone on {} in this run (each is in the audit log)",
+                tick.target
+            );
         }
         if let Err(e) = self.append(records, true).await {
             error!(
@@ -290,6 +303,7 @@ impl Executor {
         req: &KillRequest,
         outcome: &KillOutcome,
         done: chrono::DateTime<Utc>,
+        log: bool,
     ) {
         let s = &req.session;
         let label = outcome.result.label();
@@ -299,7 +313,8 @@ impl Executor {
             .inc();
         match &outcome.result {
             KillResult::Killed => {
-                info!(
+                if log {
+                    info!(
                     target: "session_reaper::decision",
                     "killed session {} ({}) on {} by {} ({})",
                     s.id,
@@ -307,7 +322,8 @@ impl Executor {
                     tick.target,
                     policy.name,
                     req.action.as_str()
-                );
+                    );
+                }
                 let crossed_ms = policy
                     .matcher
                     .min_time
@@ -321,7 +337,10 @@ impl Executor {
                     .with_label_values(&[tick.target])
                     .observe(secs);
             }
-            KillResult::Gone => info!("session {} on {} ended before its kill", s.id, tick.target),
+            KillResult::Gone if log => {
+                info!("session {} on {} ended before its kill", s.id, tick.target)
+            }
+            KillResult::Gone => {}
             KillResult::Changed(why) => {
                 info!("session {} on {} not killed: {why}", s.id, tick.target)
             }
@@ -344,6 +363,9 @@ impl Executor {
 }
 
 /// The outcome (or skip) record closing an intent.
+/// Kills of one run logged one by one; the rest are summed up in one line.
+const LOGGED_KILLS_PER_RUN: usize = 20;
+
 pub fn outcome_record(intent: Record, outcome: &KillOutcome, at: chrono::DateTime<Utc>) -> Record {
     let event = match outcome.result {
         KillResult::Gone | KillResult::Changed(_) => Event::Skip,

@@ -18,8 +18,7 @@
 //!   cargo bench --bench storm                       # all four
 //!   cargo bench --bench storm -- storm reaction     # some of them
 //!   STORM_REPS=5 cargo bench --bench storm -- storm # more repetitions (default 3)
-//!   cargo bench --bench storm -- probe              # the cost of one re-check read and
-//!                                                   # of KILLs batched in one packet
+//!   cargo bench --bench storm -- probe              # one re-check read, batched KILLs
 //!
 //! STORM_ONLY=session-reaper skips the floor and pt-kill, STORM_POOL=N sets the
 //! target's pool_size, STORM_VERBOSE=1 prints each run's first kill and kill phase,
@@ -351,7 +350,6 @@ impl Reaper {
         cmd.arg("run")
             .arg("--config")
             .arg(self.dir.path().join("config.yaml"))
-            .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(self.dir.path().join("daemon.log")).unwrap());

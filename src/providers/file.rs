@@ -3,8 +3,8 @@
 //! is reported as a would-kill.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use chrono::Utc;
@@ -64,24 +64,42 @@ impl Factory for FileFactory {
     }
 
     fn build(&self, target: &str, _metrics: Arc<Metrics>) -> Arc<dyn Provider> {
-        Arc::new(FileProvider {
-            target: target.to_owned(),
-            path: self.path.clone(),
-        })
+        Arc::new(FileProvider::new(target, &self.path))
     }
 }
 
 pub struct FileProvider {
     target: String,
     path: PathBuf,
+    /// The last snapshot read, with the file's size and modification time then: a
+    /// file that did not change is not read and parsed again every tick.
+    cache: Mutex<Option<(FileStamp, Snapshot)>>,
 }
+
+type FileStamp = (u64, Option<SystemTime>);
 
 impl FileProvider {
     pub fn new(target: &str, path: &Path) -> FileProvider {
         FileProvider {
             target: target.to_owned(),
             path: path.to_owned(),
+            cache: Mutex::new(None),
         }
+    }
+
+    /// A replay is read as if it were taken now: session times are durations.
+    fn as_of_now(&self, mut snapshot: Snapshot) -> Snapshot {
+        snapshot.taken_at = Utc::now();
+        snapshot.target = self.target.clone();
+        snapshot
+    }
+
+    fn cached(&self, stamp: &FileStamp) -> Option<Snapshot> {
+        let cache = self.cache.lock().ok()?;
+        cache
+            .as_ref()
+            .filter(|(s, _)| s == stamp)
+            .map(|(_, snap)| snap.clone())
     }
 }
 
@@ -95,6 +113,18 @@ pub fn read_snapshot(path: &Path) -> Result<Snapshot, String> {
 /// Parses a snapshot: our own format, or a raw response of one of the cloud
 /// snapshot APIs (recognised by its shape) saved from a console or an API call.
 pub fn parse_snapshot(text: &str) -> Result<Snapshot, String> {
+    // Our own format is read straight into its types: going through a JSON tree
+    // first costs several times the file's size in memory (250 MB for 100,000
+    // sessions). Only the `format` key is looked at before.
+    #[derive(serde::Deserialize)]
+    struct Probe {
+        format: Option<serde_json::Value>,
+    }
+    if let Ok(probe) = serde_json::from_str::<Probe>(text)
+        && probe.format.as_ref().and_then(|f| f.as_str()) == Some(Snapshot::FORMAT)
+    {
+        return serde_json::from_str(text).map_err(|e| format!("bad snapshot: {e}"));
+    }
     let value: serde_json::Value = serde_json::from_str(text)
         .map_err(|e| format!("not JSON: {e} (line {}, column {})", e.line(), e.column()))?;
     match value.get("format").and_then(|f| f.as_str()) {
@@ -157,9 +187,15 @@ impl Provider for FileProvider {
     }
 
     async fn snapshot(&self, _want: &Want) -> Result<Snapshot, ProviderError> {
+        let stamp = std::fs::metadata(&self.path)
+            .ok()
+            .map(|m| (m.len(), m.modified().ok()));
+        if let Some(snapshot) = stamp.as_ref().and_then(|s| self.cached(s)) {
+            return Ok(self.as_of_now(snapshot));
+        }
         let path = self.path.clone();
         let read = tokio::task::spawn_blocking(move || read_snapshot(&path)).await;
-        let mut snapshot = match read {
+        let snapshot = match read {
             Ok(Ok(s)) => s,
             Ok(Err(message)) => {
                 return Err(ProviderError::Other {
@@ -174,10 +210,10 @@ impl Provider for FileProvider {
                 });
             }
         };
-        // A replay is read as if it were taken now: session times are durations.
-        snapshot.taken_at = Utc::now();
-        snapshot.target = self.target.clone();
-        Ok(snapshot)
+        if let (Some(stamp), Ok(mut cache)) = (stamp, self.cache.lock()) {
+            *cache = Some((stamp, snapshot.clone()));
+        }
+        Ok(self.as_of_now(snapshot))
     }
 
     async fn kill(&self, requests: &[KillRequest], _recheck: &Rechecker<'_>) -> Vec<KillOutcome> {
@@ -189,5 +225,49 @@ impl Provider for FileProvider {
                 ))
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snapshot_with(ids: &[u64]) -> String {
+        let sessions: Vec<String> = ids
+            .iter()
+            .map(|id| {
+                format!(
+                    r#"{{"id": {id}, "user": "app", "host": "10.0.0.1", "db": null, "command": "Sleep", "time_ms": 1000, "state": null, "sql": null}}"#
+                )
+            })
+            .collect();
+        format!(
+            r#"{{"format": "{}", "target": "t", "provider": "mysql", "taken_at": "2026-01-01T00:00:00Z", "transactions": false, "sessions": [{}]}}"#,
+            Snapshot::FORMAT,
+            sessions.join(",")
+        )
+    }
+
+    /// The parsed snapshot is kept between ticks, and a file written again is read
+    /// again (replays are edited while the daemon runs).
+    #[tokio::test]
+    async fn a_changed_file_is_read_again_and_an_unchanged_one_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("snap.json");
+        std::fs::write(&path, snapshot_with(&[1, 2])).unwrap();
+        let p = FileProvider::new("t", &path);
+        let ids = |s: &Snapshot| s.sessions.iter().map(|s| s.id).collect::<Vec<_>>();
+        let first = p.snapshot(&Want::everything()).await.unwrap();
+        assert_eq!(ids(&first), [1, 2]);
+        assert!(p.cache.lock().unwrap().is_some(), "kept for the next tick");
+        let again = p.snapshot(&Want::everything()).await.unwrap();
+        assert_eq!(ids(&again), [1, 2]);
+        assert!(again.taken_at >= first.taken_at, "as of each tick");
+        std::fs::write(&path, snapshot_with(&[3, 4, 5])).unwrap();
+        let changed = p.snapshot(&Want::everything()).await.unwrap();
+        assert_eq!(ids(&changed), [3, 4, 5]);
+        std::fs::write(&path, "{\"format\": ").unwrap();
+        let broken = p.snapshot(&Want::everything()).await.unwrap_err();
+        assert!(broken.to_string().contains("snap.json"), "{broken}");
     }
 }

@@ -436,18 +436,20 @@ impl MysqlProvider {
                 started_at: conn.started_at,
             };
             let flavour = conn.flavour;
-            let result = tokio::time::timeout(self.timeout, async {
-                let rows: Vec<Row> = conn.conn.query(sql).await?;
-                Ok::<_, mysql_async::Error>(rows)
-            })
+            // Each row becomes a session as it arrives: the rows of a large process
+            // list are never all held at once next to the sessions made of them.
+            let result = tokio::time::timeout(
+                self.timeout,
+                conn.conn
+                    .query_fold(sql, Vec::new(), move |mut sessions, row: Row| {
+                        sessions.extend(session_from_row(row, flavour));
+                        sessions
+                    }),
+            )
             .await;
             match result {
-                Ok(Ok(rows)) => {
+                Ok(Ok(sessions)) => {
                     self.metrics.provider_request("mysql", operation, "ok");
-                    let sessions = rows
-                        .into_iter()
-                        .filter_map(|r| session_from_row(r, flavour))
-                        .collect();
                     return Ok((sessions, server, lease));
                 }
                 Ok(Err(e)) => {
