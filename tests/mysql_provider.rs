@@ -9,7 +9,7 @@ use mysql_async::prelude::Queryable;
 use session_reaper::config;
 use session_reaper::core::policy::Action;
 use session_reaper::core::recheck::{Recheck, recheck};
-use session_reaper::core::session::Session;
+use session_reaper::core::session::{Session, Snapshot};
 use session_reaper::metrics::Metrics;
 use session_reaper::providers::{KillRequest, KillResult, Provider, Want};
 use support::{MariaDb, Setup, wait_until};
@@ -33,6 +33,20 @@ fn identity(req: &KillRequest, fresh: Option<&Session>) -> Recheck {
         &[],
         true,
     )
+}
+
+/// A `KILL CONNECTION` request for every session of `user`.
+fn kills_of(snap: &Snapshot, user: &str) -> Vec<KillRequest> {
+    snap.sessions
+        .iter()
+        .filter(|s| s.user.as_deref() == Some(user))
+        .map(|s| KillRequest {
+            session: s.clone(),
+            action: Action::Kill,
+            ignored_users: Vec::new(),
+            tag: 0,
+        })
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -123,17 +137,7 @@ async fn kill_ends_the_connection_and_reports_gone_for_a_second_try() {
     let _conns = db.open_idle(&app, 3).await;
     let p = provider(&setup, db, &reaper);
     let snap = p.snapshot(&Want::everything()).await.unwrap();
-    let victims: Vec<KillRequest> = snap
-        .sessions
-        .iter()
-        .filter(|s| s.user.as_deref() == Some(app.name.as_str()))
-        .map(|s| KillRequest {
-            session: s.clone(),
-            action: Action::Kill,
-            ignored_users: Vec::new(),
-            tag: 0,
-        })
-        .collect();
+    let victims = kills_of(&snap, &app.name);
     assert_eq!(victims.len(), 3);
     let outcomes = p.kill(&victims, &identity).await;
     assert!(
@@ -178,17 +182,7 @@ async fn kills_after_a_failed_one_in_the_same_packet_are_sent_again() {
         .factory
         .build("db", Arc::new(Metrics::new()));
     let snap = p.snapshot(&Want::everything()).await.unwrap();
-    let mut victims: Vec<KillRequest> = snap
-        .sessions
-        .iter()
-        .filter(|s| s.user.as_deref() == Some(app.name.as_str()))
-        .map(|s| KillRequest {
-            session: s.clone(),
-            action: Action::Kill,
-            ignored_users: Vec::new(),
-            tag: 0,
-        })
-        .collect();
+    let mut victims = kills_of(&snap, &app.name);
     assert_eq!(victims.len(), 4);
     // Second in the packet: an id no session has, which the re-check below lets
     // through, so that its KILL fails (ER_NO_SUCH_THREAD) with kills after it.

@@ -476,13 +476,14 @@ async fn storm(db: &MariaDb, reps: usize, pt_kill: Option<&str>) {
             m(&pt_cpu) / m(&ours_cpu)
         );
     }
-    windows.sort_unstable();
+    let mut windows: Vec<f64> = windows.iter().map(|us| *us as f64 / 1e3).collect();
+    windows.sort_by(f64::total_cmp);
     println!(
         "- re-check → kill window over {} kills: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
         windows.len(),
-        pct(&windows, 50) as f64 / 1e3,
-        pct(&windows, 99) as f64 / 1e3,
-        windows.last().copied().unwrap_or(0) as f64 / 1e3
+        pctf(&windows, 50),
+        pctf(&windows, 99),
+        windows.last().copied().unwrap_or(f64::NAN)
     );
     println!(
         "- every ignored session alive after every run: yes ({IGNORED}/{IGNORED}, asserted)\n"
@@ -858,13 +859,6 @@ fn row(label: &str, v: &[f64]) {
     let min = v.iter().copied().fold(f64::MAX, f64::min);
     let max = v.iter().copied().fold(f64::MIN, f64::max);
     println!("| {label} | {:.0} | {min:.0} | {max:.0} |", median(v));
-}
-
-fn pct(sorted: &[u64], p: usize) -> u64 {
-    if sorted.is_empty() {
-        return 0;
-    }
-    sorted[((sorted.len() - 1) * p) / 100]
 }
 
 fn pctf(sorted: &[f64], p: usize) -> f64 {

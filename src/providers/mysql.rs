@@ -618,7 +618,13 @@ impl MysqlProvider {
     /// moment it was read, up to the first error: the server runs none after it.
     async fn send_kills(&self, conn: &mut Conn, statements: &[String]) -> Vec<(Answer, Instant)> {
         let deadline = tokio::time::Instant::now() + self.timeout;
-        let lost = |e: Option<mysql_async::Error>| match e {
+        // What a failed step says of its statement: refused by the server, or lost
+        // with the connection (no answer, or none in time: it may have run).
+        let failed = |e: Option<mysql_async::Error>| match e {
+            Some(mysql_async::Error::Server(e)) => Answer::Refused {
+                code: e.code,
+                message: e.message,
+            },
             Some(e) => Answer::Lost {
                 why: format!("no answer to the kill: {}", describe(&e)),
                 outcome: "error",
@@ -631,34 +637,18 @@ impl MysqlProvider {
                 outcome: "timeout",
             },
         };
-        let mut out = Vec::with_capacity(statements.len());
         let mut result =
             match tokio::time::timeout_at(deadline, conn.query_iter(statements.join("; "))).await {
                 Ok(Ok(r)) => r,
-                Ok(Err(mysql_async::Error::Server(e))) => {
-                    out.push((
-                        Answer::Refused {
-                            code: e.code,
-                            message: e.message,
-                        },
-                        Instant::now(),
-                    ));
-                    return out;
-                }
-                Ok(Err(e)) => {
-                    out.push((lost(Some(e)), Instant::now()));
-                    return out;
-                }
-                Err(_) => {
-                    out.push((lost(None), Instant::now()));
-                    return out;
-                }
+                Ok(Err(e)) => return vec![(failed(Some(e)), Instant::now())],
+                Err(_) => return vec![(failed(None), Instant::now())],
             };
+        let mut out = Vec::with_capacity(statements.len());
         out.push((Answer::Done, Instant::now()));
         // Consuming the (empty) result of statement k reads the answer to statement
         // k + 1: an OK becomes the next pending result, an error is kept and returned
         // when that result is consumed. So the call that consumes statement k tells
-        // whether statement k failed.
+        // whether statement k failed (statement 0's answer came with `query_iter`).
         let mut read_at = Instant::now();
         for k in 0..statements.len() {
             match tokio::time::timeout_at(deadline, result.collect::<Row>()).await {
@@ -668,22 +658,17 @@ impl MysqlProvider {
                     }
                     read_at = Instant::now();
                 }
-                Ok(Err(mysql_async::Error::Server(e))) if k > 0 => {
-                    out.push((
-                        Answer::Refused {
-                            code: e.code,
-                            message: e.message,
-                        },
-                        read_at,
-                    ));
+                Ok(Err(e @ mysql_async::Error::Server(_))) => {
+                    // The answer read last (to statement k, or k + 1 at k = 0).
+                    out.push((failed(Some(e)), read_at));
                     return out;
                 }
                 Ok(Err(e)) => {
-                    out.push((lost(Some(e)), Instant::now()));
+                    out.push((failed(Some(e)), Instant::now()));
                     return out;
                 }
                 Err(_) => {
-                    out.push((lost(None), Instant::now()));
+                    out.push((failed(None), Instant::now()));
                     return out;
                 }
             }
