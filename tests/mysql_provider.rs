@@ -288,8 +288,9 @@ async fn kill_query_on_mariadb_ends_only_the_matched_statement() {
         let snap = p.snapshot(&Want::everything()).await.unwrap();
         target = snap
             .sessions
-            .into_iter()
-            .find(|s| s.user.as_deref() == Some(app.name.as_str()) && s.command == "Query");
+            .iter()
+            .find(|s| s.user.as_deref() == Some(app.name.as_str()) && s.command == "Query")
+            .cloned();
         if target.is_some() {
             break;
         }

@@ -116,7 +116,7 @@ fn snapshot() -> impl Strategy<Value = Snapshot> {
                 own_connection_ids: own,
                 transactions,
                 partial,
-                sessions,
+                sessions: sessions.into(),
             }
         })
 }
@@ -354,7 +354,7 @@ fn an_id_listed_twice_is_never_a_victim() {
         own_connection_ids: Vec::new(),
         transactions: true,
         partial: None,
-        sessions: vec![s.clone(), Session { id: 8, ..s.clone() }, s],
+        sessions: vec![s.clone(), Session { id: 8, ..s.clone() }, s].into(),
     };
     let policy = Policy {
         name: "all".to_owned(),
@@ -415,7 +415,7 @@ fn staleness_is_measured_below_a_millisecond() {
             own_connection_ids: Vec::new(),
             transactions: true,
             partial: None,
-            sessions: vec![s.clone()],
+            sessions: vec![s.clone()].into(),
         };
         let protected = Protected {
             accounts: Vec::new(),

@@ -56,7 +56,7 @@ async fn compare_and_kill_skips_a_reused_id_and_a_finished_statement() {
     let mut snapshot = provider.snapshot(&Want::everything()).await.unwrap();
     // What the plan saw: both sessions as `app`; the running one with another statement.
     let mut ids = Vec::new();
-    for s in snapshot.sessions.iter_mut() {
+    for s in std::sync::Arc::make_mut(&mut snapshot.sessions).iter_mut() {
         if s.user.as_deref() == Some(other.name.as_str()) {
             s.user = Some("app".to_owned());
             ids.push(s.id);
@@ -73,8 +73,8 @@ async fn compare_and_kill_skips_a_reused_id_and_a_finished_statement() {
             let mut planned = s.clone();
             planned.query_id = planned.query_id.map(|q| q.saturating_sub(1));
             planned.sql = Some("SELECT SLEEP(100)".to_owned());
-            snapshot.sessions.retain(|x| x.id != planned.id);
-            snapshot.sessions.push(planned);
+            std::sync::Arc::make_mut(&mut snapshot.sessions).retain(|x| x.id != planned.id);
+            std::sync::Arc::make_mut(&mut snapshot.sessions).push(planned);
             break s.id;
         }
     };
@@ -89,7 +89,7 @@ async fn compare_and_kill_skips_a_reused_id_and_a_finished_statement() {
     let executor = Executor::new(audit, Arc::new(Metrics::new()));
     for (policy, id) in [(apps, ids[0]), (statements, running_id)] {
         let mut one = snapshot.clone();
-        one.sessions.retain(|s| s.id == id);
+        std::sync::Arc::make_mut(&mut one.sessions).retain(|s| s.id == id);
         let policies = [policy];
         let p = plan(&one, &policies, &protected, chrono::Utc::now());
         let tick = Tick {

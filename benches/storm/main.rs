@@ -291,6 +291,8 @@ fn pt_kill_cmd(pt_kill: &str, port: u16, idle_secs: u32) -> Command {
 /// A daemon's directory: config, one policy, state (audit log) and its log.
 struct Reaper {
     dir: tempfile::TempDir,
+    /// The snapshot files of file targets, removed with the daemon's directory.
+    snapshots: Option<tempfile::TempDir>,
 }
 
 impl Reaper {
@@ -315,7 +317,10 @@ impl Reaper {
             ),
         )
         .unwrap();
-        Reaper { dir }
+        Reaper {
+            dir,
+            snapshots: None,
+        }
     }
 
     fn mysql(port: u16, schedule: &str, min_time: &str) -> Reaper {
@@ -635,13 +640,12 @@ fn file_reaper(targets: usize, sessions: usize) -> Reaper {
     let dir = tempfile::Builder::new()
         .prefix("storm-snapshots-")
         .tempdir()
-        .unwrap()
-        .keep();
+        .unwrap();
     let mut yaml = String::new();
     for t in 0..targets {
         let mut snap = workload::snapshot(sessions, t as u64 + 1);
         snap.target = format!("t{t}");
-        let path = dir.join(format!("t{t}.json"));
+        let path = dir.path().join(format!("t{t}.json"));
         std::fs::write(&path, serde_json::to_vec(&snap).unwrap()).unwrap();
         yaml.push_str(&format!(
             "  - name: t{t}\n    provider: file\n    path: {}\n",
@@ -653,7 +657,9 @@ fn file_reaper(targets: usize, sessions: usize) -> Reaper {
         .iter()
         .map(|(n, t)| (n.as_str(), t.clone()))
         .collect();
-    Reaper::new(&yaml, &refs)
+    let mut reaper = Reaper::new(&yaml, &refs);
+    reaper.snapshots = Some(dir);
+    reaper
 }
 
 struct Usage {

@@ -221,7 +221,7 @@ pub fn snapshot(n: usize, seed: u64) -> Snapshot {
         own_connection_ids: vec![999],
         transactions: true,
         partial: None,
-        sessions,
+        sessions: sessions.into(),
     }
 }
 

@@ -29,7 +29,7 @@ impl<'c> TargetPlan<'c> {
             own_connection_ids: Vec::new(),
             transactions: false,
             partial: None,
-            sessions: Vec::new(),
+            sessions: Default::default(),
         };
         let plan = crate::core::plan::plan(&snapshot, &[], &target.protected(), snapshot.taken_at);
         TargetPlan {
@@ -245,7 +245,7 @@ pub fn sessions_text(s: &Snapshot) -> String {
         "{:>10}  {:<16} {:<22} {:<12} {:<12} {:>10}  {:<6} SQL",
         "ID", "USER", "HOST", "DB", "COMMAND", "TIME", "TRX"
     );
-    for x in &s.sessions {
+    for x in s.sessions.iter() {
         let sql: String = x
             .sql
             .as_deref()

@@ -1,5 +1,7 @@
 //! What every provider normalises its process list into.
 
+use std::sync::Arc;
+
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
@@ -86,7 +88,8 @@ pub struct Snapshot {
     /// timed-out async query): such a snapshot never leads to a kill.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub partial: Option<String>,
-    pub sessions: Vec<Session>,
+    /// Shared: a replayed snapshot kept between ticks is not copied for each one.
+    pub sessions: Arc<Vec<Session>>,
 }
 
 impl Snapshot {

@@ -421,7 +421,7 @@ impl Provider for AlibabaProvider {
             own_connection_ids: Vec::new(),
             transactions: true,
             partial: Some(why),
-            sessions: Vec::new(),
+            sessions: Default::default(),
         };
         loop {
             let data = self
@@ -445,7 +445,7 @@ impl Provider for AlibabaProvider {
                 })?;
                 return Ok(Snapshot {
                     partial: None,
-                    sessions,
+                    sessions: sessions.into(),
                     server: ServerInfo {
                         flavour: "alibaba-das".to_owned(),
                         ..ServerInfo::default()

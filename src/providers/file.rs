@@ -176,7 +176,7 @@ pub fn parse_snapshot(text: &str) -> Result<Snapshot, String> {
         own_connection_ids: Vec::new(),
         transactions,
         partial: None,
-        sessions,
+        sessions: sessions.into(),
     })
 }
 

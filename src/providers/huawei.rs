@@ -577,7 +577,7 @@ impl Provider for HuaweiProvider {
             own_connection_ids: Vec::new(),
             transactions: true,
             partial,
-            sessions,
+            sessions: sessions.into(),
         })
     }
 

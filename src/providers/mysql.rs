@@ -719,7 +719,7 @@ impl Provider for MysqlProvider {
             own_connection_ids: self.own_ids(),
             transactions: want.transactions,
             partial: None,
-            sessions,
+            sessions: sessions.into(),
         })
     }
 

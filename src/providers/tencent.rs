@@ -432,7 +432,7 @@ impl Provider for TencentProvider {
                     self.cfg.list_limit
                 )
             }),
-            sessions,
+            sessions: sessions.into(),
         })
     }
 
