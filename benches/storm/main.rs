@@ -416,6 +416,11 @@ async fn storm(db: &MariaDb, reps: usize, pt_kill: Option<&str>) {
         if run.cleared.is_err() {
             panic!("session-reaper did not clear the storm:\n{}", reaper.log());
         }
+        if std::env::var_os("STORM_VERBOSE").is_some() {
+            for line in reaper.log().lines().take(12) {
+                println!("  daemon: {line}");
+            }
+        }
         let w = reaper.recheck_windows();
         assert_eq!(
             w.len(),

@@ -369,35 +369,47 @@ impl<'m> Matcher<'m> {
 }
 
 /// Fingerprints computed at most once per session per plan, as ids: the policies'
-/// templates get ids from the same table, so matching one is comparing integers.
+/// templates get ids up front, so matching one is comparing integers, and a
+/// session's fingerprint that is no template is never stored nor compared again.
 pub(crate) struct FingerprintCache {
     fingerprinter: Fingerprinter,
-    /// Per session: 0 when not computed yet, else the fingerprint's id + 1.
+    /// Per session: 0 when not computed yet, else the template's id + 1, or
+    /// `NOT_A_TEMPLATE + 1`.
     by_session: Vec<u32>,
-    ids: FxHashMap<String, u32>,
+    templates: FxHashMap<String, u32>,
 }
 
+/// The id of every fingerprint that is none of the policies' templates.
+const NOT_A_TEMPLATE: u32 = u32::MAX - 1;
+
 impl FingerprintCache {
-    pub(crate) fn new() -> Self {
+    /// Every template any policy of the plan names must be given here: a session
+    /// is told "no template" once, for the whole plan.
+    pub(crate) fn new<'t>(templates: impl IntoIterator<Item = &'t str>) -> Self {
+        let mut ids = FxHashMap::default();
+        for t in templates {
+            let next = ids.len() as u32;
+            ids.entry(t.to_owned()).or_insert(next);
+        }
         FingerprintCache {
             fingerprinter: Fingerprinter::default(),
             by_session: Vec::new(),
-            ids: FxHashMap::default(),
+            templates: ids,
         }
     }
 
-    /// The id of a fingerprint (a policy's template).
-    pub(crate) fn id(&mut self, fingerprint: &str) -> u32 {
-        if let Some(&id) = self.ids.get(fingerprint) {
-            return id;
-        }
-        let id = self.ids.len() as u32;
-        self.ids.insert(fingerprint.to_owned(), id);
-        id
+    /// The id of a template given to `new`.
+    pub(crate) fn id(&self, template: &str) -> u32 {
+        // Not given to `new` would be a bug: such a template matches nothing.
+        debug_assert!(self.templates.contains_key(template), "{template}");
+        self.templates
+            .get(template)
+            .copied()
+            .unwrap_or(NOT_A_TEMPLATE + 1)
     }
 
-    /// The id of session `si`'s fingerprint; `sql` reads its statement when that is
-    /// not known yet.
+    /// The template id of session `si`'s fingerprint (`NOT_A_TEMPLATE` when it is
+    /// none); `sql` reads its statement when that is not known yet.
     #[inline]
     fn of_session<'s>(&mut self, si: usize, sql: impl FnOnce() -> Option<&'s str>) -> Option<u32> {
         if self.by_session.len() <= si {
@@ -405,14 +417,7 @@ impl FingerprintCache {
         }
         if self.by_session[si] == 0 {
             let fp = self.fingerprinter.fingerprint(sql()?);
-            let id = match self.ids.get(fp) {
-                Some(&id) => id,
-                None => {
-                    let id = self.ids.len() as u32;
-                    self.ids.insert(fp.to_owned(), id);
-                    id
-                }
-            };
+            let id = self.templates.get(fp).copied().unwrap_or(NOT_A_TEMPLATE);
             self.by_session[si] = id + 1;
         }
         Some(self.by_session[si] - 1)

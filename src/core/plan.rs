@@ -220,7 +220,11 @@ pub fn plan(
     }
     // (`claim` never replaces a protection, so this stays true once true.)
     let is_protected = |d: &Decision| matches!(d.why, Why::Spared(Spare::Protected(_)));
-    let mut fingerprints = FingerprintCache::new();
+    let mut fingerprints = FingerprintCache::new(
+        policies
+            .iter()
+            .flat_map(|p| p.matcher.sql_template.iter().map(String::as_str)),
+    );
     let mut runs = Vec::with_capacity(policies.len());
     let mut matching: Vec<(u32, u32)> = Vec::new();
     for (pi, policy) in policies.iter().enumerate() {
