@@ -71,9 +71,9 @@ fn yaml(path: &str) -> Value {
     serde_saphyr::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}"))
 }
 
-fn validate(schema: &str, files: &[String]) {
+fn validate(name: &str, files: &[String]) {
     let schema: Value = serde_json::from_str(
-        &std::fs::read_to_string(format!("{}/schema/{schema}", root())).unwrap(),
+        &std::fs::read_to_string(format!("{}/schema/{name}", root())).unwrap(),
     )
     .unwrap();
     let validator = jsonschema::validator_for(&schema).expect("a valid JSON Schema");
@@ -85,9 +85,9 @@ fn validate(schema: &str, files: &[String]) {
             .collect();
         assert!(
             errors.is_empty(),
-            "{f} does not validate against {schema}: {errors:#?}"
+            "{f} does not validate against schema/{name}: {errors:#?}"
         );
-        println!("{f}: valid against schema/{schema}");
+        println!("{f}: valid against schema/{name}");
         let first = std::fs::read_to_string(f)
             .unwrap()
             .lines()

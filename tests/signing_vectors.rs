@@ -12,6 +12,7 @@ fn vectors(file: &str) -> Vec<Value> {
     let doc: Value = serde_json::from_str(&text).expect("valid JSON");
     let list = doc["vectors"].as_array().expect("a vectors array").clone();
     assert!(!list.is_empty());
+    println!("{file}: {} vectors, each checked below", list.len());
     list
 }
 
