@@ -47,7 +47,9 @@ pub struct Record {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub intent_id: Option<String>,
     /// Outcomes of sent kills: microseconds from the compare-and-kill re-check read
-    /// to sending the kill (the window in which the session could have changed).
+    /// to the kill (sent, or for kills batched in one packet answered), the window
+    /// in which the session could have changed. Not in DESIGN.md's field list: an
+    /// addition, skipped when there was no kill.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recheck_to_kill_us: Option<u64>,
 }

@@ -136,7 +136,7 @@ impl Metrics {
                 &["target"]
             ).expect("valid")),
             recheck_to_kill_seconds: register!(HistogramVec::new(
-                HistogramOpts::new("recheck_to_kill_seconds", "From the re-check read to sending the kill: the window a session could change in.").namespace(PREFIX).buckets(window),
+                HistogramOpts::new("recheck_to_kill_seconds", "From the re-check read to the kill (sent, or for kills batched in one packet answered): the window a session could change in.").namespace(PREFIX).buckets(window),
                 &["target"]
             ).expect("valid")),
             provider_requests_total: register!(IntCounterVec::new(

@@ -146,7 +146,8 @@ impl KillResult {
 #[derive(Debug, Clone)]
 pub struct KillOutcome {
     pub result: KillResult,
-    /// When the fresh row was read and when the kill was sent, for the
+    /// When the fresh row was read and when the kill was sent (for kills sent
+    /// several to a packet: when its answer was read, an upper bound), for the
     /// re-check-to-kill window.
     pub rechecked_at: Option<Instant>,
     pub sent_at: Option<Instant>,
