@@ -315,13 +315,13 @@ impl Executor {
             KillResult::Killed => {
                 if log {
                     info!(
-                    target: "session_reaper::decision",
-                    "killed session {} ({}) on {} by {} ({})",
-                    s.id,
-                    describe(s),
-                    tick.target,
-                    policy.name,
-                    req.action.as_str()
+                        target: "session_reaper::decision",
+                        "killed session {} ({}) on {} by {} ({})",
+                        s.id,
+                        describe(s),
+                        tick.target,
+                        policy.name,
+                        req.action.as_str()
                     );
                 }
                 let crossed_ms = policy
@@ -362,10 +362,10 @@ impl Executor {
     }
 }
 
-/// The outcome (or skip) record closing an intent.
 /// Kills of one run logged one by one; the rest are summed up in one line.
 const LOGGED_KILLS_PER_RUN: usize = 20;
 
+/// The outcome (or skip) record closing an intent.
 pub fn outcome_record(intent: Record, outcome: &KillOutcome, at: chrono::DateTime<Utc>) -> Record {
     let event = match outcome.result {
         KillResult::Gone | KillResult::Changed(_) => Event::Skip,
