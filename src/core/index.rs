@@ -83,11 +83,11 @@ pub(crate) struct Index<'a> {
     pub hosts: Values<'a>,
     pub dbs: Values<'a>,
     pub states: Values<'a>,
-    /// The rows grouped by user id, in snapshot order within a user
-    /// (`rows[user_start[u]..user_start[u + 1]]`): a policy that names users reads
-    /// their rows as a few contiguous runs.
+    /// The rows grouped by user id, then by command id, in snapshot order within
+    /// a group (`rows[start[u * C + c]..start[u * C + c + 1]]`, C commands): a
+    /// policy reads only the runs of the users and commands it names.
     pub rows: Vec<Row>,
-    user_start: Vec<u32>,
+    start: Vec<u32>,
     /// Each session's (user, command, state) ids, in snapshot order.
     pub fields: Vec<[u32; 3]>,
     /// Each session's id and node id, in snapshot order.
@@ -123,22 +123,24 @@ impl<'a> Index<'a> {
                 trx_age_ms: s.trx.as_ref().map_or(u64::MAX, |t| t.age_ms),
             })
             .collect();
-        // A counting sort by user: stable, so each user's sessions stay ascending.
-        let mut user_start = vec![0u32; users.len() + 1];
+        // A counting sort by (user, command): stable, so each group's sessions
+        // stay ascending.
+        let group = |r: &Row| r.user as usize * commands.len() + r.command as usize;
+        let mut start = vec![0u32; users.len() * commands.len() + 1];
         for r in &unsorted {
-            user_start[r.user as usize + 1] += 1;
+            start[group(r) + 1] += 1;
         }
-        for u in 1..user_start.len() {
-            user_start[u] += user_start[u - 1];
+        for g in 1..start.len() {
+            start[g] += start[g - 1];
         }
-        let mut next = user_start.clone();
+        let mut next = start.clone();
         let mut rows = unsorted.clone();
         let fields = unsorted
             .iter()
             .map(|r| [r.user, r.command, r.state])
             .collect();
         for r in unsorted {
-            let slot = &mut next[r.user as usize];
+            let slot = &mut next[group(&r)];
             rows[*slot as usize] = r;
             *slot += 1;
         }
@@ -149,7 +151,7 @@ impl<'a> Index<'a> {
             dbs,
             states,
             rows,
-            user_start,
+            start,
             fields,
             ids,
         }
@@ -194,9 +196,10 @@ impl<'a> Index<'a> {
     }
 
     /// The rows of one user's sessions.
-    pub(crate) fn rows_of(&self, user: u32) -> &[Row] {
-        let u = user as usize;
-        &self.rows[self.user_start[u] as usize..self.user_start[u + 1] as usize]
+    /// The rows of one user running one command.
+    pub(crate) fn rows_of(&self, user: u32, command: u32) -> &[Row] {
+        let g = user as usize * self.commands.len() + command as usize;
+        &self.rows[self.start[g] as usize..self.start[g + 1] as usize]
     }
 }
 
@@ -271,7 +274,18 @@ impl<'m> Matcher<'m> {
     /// Whether every condition holds for session `si`, the user conditions aside
     /// (the caller checked them per user).
     #[inline]
-    pub(crate) fn holds_beyond_user(
+    /// Whether the `command` condition holds for a command id.
+    pub(crate) fn command_holds(&mut self, index: &Index<'_>, command: u32) -> bool {
+        let m = self.m;
+        m.command.is_empty()
+            || self.commands.holds(command, || {
+                let name = index.commands.get(command).unwrap_or_default();
+                m.command.iter().any(|c| c.eq_ignore_ascii_case(name))
+            })
+    }
+
+    /// Whether every condition but `user`, `not_user` and `command` holds.
+    pub(crate) fn holds_beyond_user_and_command(
         &mut self,
         index: &Index<'_>,
         row: &Row,
@@ -281,14 +295,6 @@ impl<'m> Matcher<'m> {
     ) -> bool {
         let m = self.m;
         let si = row.session as usize;
-        if !m.command.is_empty() {
-            let command = index.commands.get(row.command).unwrap_or_default();
-            if !self.commands.holds(row.command, || {
-                m.command.iter().any(|c| c.eq_ignore_ascii_case(command))
-            }) {
-                return false;
-            }
-        }
         if self.min_ms.is_some_and(|min| row.time_ms < min)
             || self.max_ms.is_some_and(|max| row.time_ms >= max)
         {

@@ -229,23 +229,29 @@ pub fn plan(
     let mut matching: Vec<(u32, u32)> = Vec::new();
     for (pi, policy) in policies.iter().enumerate() {
         // The sessions the policy's `match` holds for, ascending. A policy that
-        // names users visits only those users' sessions.
+        // names users or commands visits only those users' sessions running those
+        // commands.
         let mut matcher = Matcher::new(&policy.matcher, &index, &mut fingerprints);
         let mut ignored: Vec<Option<Option<&Glob>>> = vec![None; index.users.len()];
         matching.clear();
+        let commands: Vec<u32> = (0..index.commands.len() as u32)
+            .filter(|&c| matcher.command_holds(&index, c))
+            .collect();
         for user in 0..index.users.len() as u32 {
             if !matcher.user_holds(&index, user) {
                 continue;
             }
-            for row in index.rows_of(user) {
-                if matcher.holds_beyond_user(
-                    &index,
-                    row,
-                    &snapshot.sessions,
-                    snapshot.transactions,
-                    &mut fingerprints,
-                ) {
-                    matching.push((row.session, row.user));
+            for &command in &commands {
+                for row in index.rows_of(user, command) {
+                    if matcher.holds_beyond_user_and_command(
+                        &index,
+                        row,
+                        &snapshot.sessions,
+                        snapshot.transactions,
+                        &mut fingerprints,
+                    ) {
+                        matching.push((row.session, row.user));
+                    }
                 }
             }
         }
