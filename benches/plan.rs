@@ -22,6 +22,9 @@ fn protected() -> Protected {
 }
 
 fn bench_plan(c: &mut Criterion) {
+    // The daemon's allocator settings (src/allocator.rs), so that this measures
+    // what the daemon runs.
+    session_reaper::allocator::tune();
     let all = workload::policies(50);
     let protected = protected();
     let mut group = c.benchmark_group("plan");

@@ -1,6 +1,7 @@
 //! session-reaper: kills the MySQL/MariaDB sessions that operators' policies name,
 //! and never the ones it must not. ARCHITECTURE.md has the map.
 
+pub mod allocator;
 pub mod audit;
 pub mod cli;
 pub mod config;

@@ -50,6 +50,8 @@ const BIN: &str = env!("CARGO_BIN_EXE_session-reaper");
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
+    // The daemon's allocator settings, for the plan times of the growth table.
+    session_reaper::allocator::tune();
     raise_fd_limit();
     let args: Vec<String> = std::env::args()
         .skip(1)
