@@ -271,6 +271,7 @@ async fn the_dashboard_and_alerts_use_only_what_a_running_daemon_exports_and_sho
     let fake = fakes::tencent_dbbrain(db).await;
     let reaper = db.reaper_user().await;
     let app = db.create_user("dep_app", None).await;
+    let app_cloud = db.create_user("dep_appc", None).await;
     let etl = db.create_user("dep_etl", None).await;
     let report = db.create_user("dep_rep", None).await;
     let ak = setup.secret("ak", &fake.shared.key_id);
@@ -285,11 +286,20 @@ async fn the_dashboard_and_alerts_use_only_what_a_running_daemon_exports_and_sho
         sk = sk.display(),
         endpoint = fake.endpoint(),
     ));
+    // Each target kills sessions of its own: were both after the same ones, the
+    // faster would leave the other nothing but `gone` (and no kill results).
     setup.policy(
         "idle.yaml",
         &format!(
-            "name: idle\nschedule: every 200ms\nmode: enforce\nmatch:\n  user: [{}, {}]\n  command: Sleep\n",
+            "name: idle\nschedule: every 200ms\nmode: enforce\ntargets: [deploy-direct-{suffix}]\nmatch:\n  user: [{}, {}]\n  command: Sleep\n",
             app.name, etl.name
+        ),
+    );
+    setup.policy(
+        "idle-cloud.yaml",
+        &format!(
+            "name: idle-cloud\nschedule: every 200ms\nmode: enforce\ntargets: [deploy-cloud-{suffix}]\nmatch:\n  user: {}\n  command: Sleep\n",
+            app_cloud.name
         ),
     );
     setup.policy(
@@ -317,6 +327,7 @@ async fn the_dashboard_and_alerts_use_only_what_a_running_daemon_exports_and_sho
         "both targets owned"
     );
     let _app = db.open_idle(&app, 4).await;
+    let _app_cloud = db.open_idle(&app_cloud, 2).await;
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     let page = loop {
         let page = http_get(d.addr, "/metrics").await.1;
@@ -327,7 +338,7 @@ async fn the_dashboard_and_alerts_use_only_what_a_running_daemon_exports_and_sho
             })
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum();
-        if killed >= 4.0 && page.contains("session_reaper_provider_kill_results_total{") {
+        if killed >= 6.0 && page.contains("session_reaper_provider_kill_results_total{") {
             break page;
         }
         assert!(
