@@ -311,14 +311,8 @@ async fn sighup_with_a_broken_policy_keeps_the_running_policy() {
         format!("name: idle\nschedule: every 100ms\nmode: enforce\nmatch:\n  user: {user}\n")
     };
     setup.policy("idle.yaml", &policy(&app.name));
-    let mut child = bin()
-        .args([
-            "run",
-            "--config",
-            setup.config_path().to_str().unwrap(),
-            "--listen",
-            "127.0.0.1:0",
-        ])
+    let mut child = support::run_command(&setup.config_path())
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
@@ -599,16 +593,9 @@ fn a_daemon_whose_log_pipe_closed_still_runs_and_stops_on_sigterm() {
 fn log_pipe_closed(format: &str) {
     let setup = Setup::new();
     let config = quickstart_copy(&setup);
-    let mut child = bin()
-        .args([
-            "run",
-            "--config",
-            &config,
-            "--listen",
-            "127.0.0.1:0",
-            "--log-format",
-            format,
-        ])
+    let mut child = support::run_command(std::path::Path::new(&config))
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(["--log-format", format])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()

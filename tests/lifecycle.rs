@@ -5,59 +5,15 @@ mod support;
 
 use std::collections::HashMap;
 use std::os::unix::net::UnixDatagram;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use session_reaper::audit::Event;
 use support::fakes;
-use support::{MariaDb, Setup, http_get, wait_until};
+use support::{MariaDb, Setup, http_get, run_command, spawn_daemon as spawn, wait_until};
 
 fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_session-reaper"))
-}
-
-/// Starts the daemon; returns it, its address and a handle on its stderr text.
-fn spawn(
-    mut cmd: Command,
-) -> (
-    Child,
-    std::net::SocketAddr,
-    std::sync::Arc<std::sync::Mutex<String>>,
-) {
-    use std::io::BufRead;
-    let mut child = cmd
-        .stderr(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-    let sink = log.clone();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stderr)
-            .lines()
-            .map_while(Result::ok)
-        {
-            if let Some(rest) = line.split("listening on http://").nth(1) {
-                let _ = tx.send(
-                    rest.split_whitespace()
-                        .next()
-                        .unwrap_or_default()
-                        .to_owned(),
-                );
-            }
-            let mut l = sink.lock().unwrap();
-            l.push_str(&line);
-            l.push('\n');
-        }
-    });
-    let addr = rx
-        .recv_timeout(Duration::from_secs(20))
-        .expect("the daemon listens")
-        .parse()
-        .unwrap();
-    (child, addr, log)
 }
 
 fn signal(child: &Child, sig: &str) {
@@ -99,16 +55,9 @@ fn systemd_hears_ready_reloading_watchdog_and_stopping() {
     );
     let socket_path = setup.path().join("notify.sock");
     let sock = UnixDatagram::bind(&socket_path).unwrap();
-    let mut cmd = bin();
-    cmd.args([
-        "run",
-        "--config",
-        setup.config_path().to_str().unwrap(),
-        "--listen",
-        "127.0.0.1:0",
-    ])
-    .env("NOTIFY_SOCKET", &socket_path)
-    .env("WATCHDOG_USEC", "1000000");
+    let mut cmd = run_command(&setup.config_path());
+    cmd.env("NOTIFY_SOCKET", &socket_path)
+        .env("WATCHDOG_USEC", "1000000");
     let (child, _, _) = spawn(cmd);
     let got = receive_until(&sock, "READY=1", Duration::from_secs(10));
     assert!(got.iter().any(|m| m.contains("READY=1")), "{got:?}");
@@ -158,17 +107,7 @@ async fn kill_9_in_a_storm_loses_and_duplicates_no_audit_record() {
             app.name
         ),
     );
-    let run = || {
-        let mut cmd = bin();
-        cmd.args([
-            "run",
-            "--config",
-            setup.config_path().to_str().unwrap(),
-            "--listen",
-            "127.0.0.1:0",
-        ]);
-        cmd
-    };
+    let run = || run_command(&setup.config_path());
     let (mut first, _, _) = spawn(run());
     // Crash as soon as intents are on disk: in the middle of the kills.
     let audit = setup.audit_path();
@@ -270,17 +209,9 @@ async fn a_secret_never_shows_in_output_status_metrics_or_audit() {
         ),
     );
     let _a = db.open_idle(&app, 1).await;
-    let mut cmd = bin();
-    cmd.args([
-        "run",
-        "--config",
-        setup.config_path().to_str().unwrap(),
-        "--listen",
-        "127.0.0.1:0",
-        "--log-format",
-        "json",
-    ])
-    .env("SESSION_REAPER_LOG", "debug");
+    let mut cmd = run_command(&setup.config_path());
+    cmd.args(["--log-format", "json"])
+        .env("SESSION_REAPER_LOG", "debug");
     let (child, addr, log) = spawn(cmd);
     assert!(
         wait_until(Duration::from_secs(10), || async {
@@ -333,15 +264,7 @@ async fn a_secret_never_shows_in_output_status_metrics_or_audit() {
         db.port,
         good.display()
     ));
-    let mut cmd = bin();
-    cmd.args([
-        "run",
-        "--config",
-        coord.config_path().to_str().unwrap(),
-        "--listen",
-        "127.0.0.1:0",
-    ]);
-    let (child, addr, log) = spawn(cmd);
+    let (child, addr, log) = spawn(run_command(&coord.config_path()));
     assert!(
         wait_until(Duration::from_secs(10), || async {
             let (code, body) = http_get(addr, "/readyz").await;

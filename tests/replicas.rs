@@ -5,7 +5,7 @@
 mod support;
 
 use std::collections::HashMap;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
@@ -173,27 +173,7 @@ async fn replicas_spread_the_targets_between_them() {
 }
 
 fn spawn(setup: &Setup) -> (Child, std::net::SocketAddr) {
-    use std::io::BufRead;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_session-reaper"))
-        .args([
-            "run",
-            "--config",
-            setup.config_path().to_str().unwrap(),
-            "--listen",
-            "127.0.0.1:0",
-        ])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let mut lines = std::io::BufReader::new(stderr).lines();
-    let addr = loop {
-        let line = lines.next().expect("the daemon logs").unwrap();
-        if let Some(rest) = line.split("listening on http://").nth(1) {
-            break rest.split_whitespace().next().unwrap().parse().unwrap();
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
+    let (child, addr, _log) = support::spawn_daemon(support::run_command(&setup.config_path()));
     (child, addr)
 }
 

@@ -7,6 +7,8 @@ pub mod mariadb;
 pub mod stall;
 
 use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
 
 use session_reaper::audit::{Audit, Record};
 
@@ -104,4 +106,61 @@ pub fn metric(page: &str, name_and_labels: &str) -> Option<f64> {
         .find(|l| l.starts_with(name_and_labels) && l[name_and_labels.len()..].starts_with(' '))
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
+}
+
+/// `session-reaper run --config CONFIG --listen 127.0.0.1:0` (the daemon logs the
+/// port it got), to add to and start with `spawn_daemon`.
+pub fn run_command(config: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_session-reaper"));
+    cmd.arg("run")
+        .arg("--config")
+        .arg(config)
+        .args(["--listen", "127.0.0.1:0"]);
+    cmd
+}
+
+/// Starts the daemon binary as `cmd` says (its stderr and stdout are taken): the
+/// child, the address the daemon says it listens on, and its log, kept growing by
+/// a thread.
+pub fn spawn_daemon(
+    mut cmd: Command,
+) -> (
+    Child,
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::Mutex<String>>,
+) {
+    use std::io::BufRead;
+    let mut child = cmd
+        .stderr(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let sink = log.clone();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if let Some(rest) = line.split("listening on http://").nth(1) {
+                let _ = tx.send(
+                    rest.split_whitespace()
+                        .next()
+                        .unwrap_or_default()
+                        .to_owned(),
+                );
+            }
+            let mut l = sink.lock().unwrap();
+            l.push_str(&line);
+            l.push('\n');
+        }
+    });
+    let addr = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the daemon listens")
+        .parse()
+        .unwrap();
+    (child, addr, log)
 }
