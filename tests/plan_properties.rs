@@ -328,9 +328,9 @@ proptest! {
     }
 }
 
-#[test]
-fn an_id_listed_twice_is_never_a_victim() {
-    let s = Session {
+/// Session 7 of `app`, idle for 10 ms.
+fn idle_app_session() -> Session {
+    Session {
         id: 7,
         user: Some("app".to_owned()),
         host: None,
@@ -344,7 +344,12 @@ fn an_id_listed_twice_is_never_a_victim() {
         trx: None,
         template_id: None,
         node: None,
-    };
+    }
+}
+
+#[test]
+fn an_id_listed_twice_is_never_a_victim() {
+    let s = idle_app_session();
     let snap = Snapshot {
         format: Snapshot::FORMAT.to_owned(),
         target: "t".to_owned(),
@@ -378,21 +383,7 @@ fn an_id_listed_twice_is_never_a_victim() {
 
 #[test]
 fn staleness_is_measured_below_a_millisecond() {
-    let s = Session {
-        id: 7,
-        user: Some("app".to_owned()),
-        host: None,
-        port: None,
-        db: None,
-        command: "Sleep".to_owned(),
-        time_ms: 10,
-        state: None,
-        sql: None,
-        query_id: None,
-        trx: None,
-        template_id: None,
-        node: None,
-    };
+    let s = idle_app_session();
     let policy = Policy {
         name: "all".to_owned(),
         targets: Vec::new(),
