@@ -20,9 +20,12 @@
 //! Every operation works on ASCII bytes only and never splits a UTF-8 sequence, so
 //! the result is valid UTF-8 whenever the input is; no input panics.
 
+mod scan;
+
 use std::sync::LazyLock;
 
 use memchr::memmem::Finder;
+use scan::Seen;
 
 // Searchers built once: building one per call was a tenth of the time on short
 // statements.
@@ -32,7 +35,7 @@ static NULL: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"null"));
 static UNION: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"union"));
 static SELECT: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"select"));
 static LIMIT: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"limit ?"));
-static DOUBLE_SPACE: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"  "));
+static SPACE_ASC: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b" asc"));
 
 /// The fingerprint of one statement.
 pub fn fingerprint(sql: &str) -> String {
@@ -66,7 +69,14 @@ impl Fingerprinter {
     pub fn fingerprint(&mut self, sql: &str) -> &str {
         let bytes = sql.as_bytes();
         self.result.clear();
-        if let Some(early) = early_return(bytes) {
+        // One scan for the rare bytes that trigger passes; the reference road runs
+        // every pass whatever it found.
+        let seen = if self.sequential {
+            Seen::ALL
+        } else {
+            scan::classify(bytes)
+        };
+        if let Some(early) = early_return(bytes, seen) {
             self.result.push_str(&String::from_utf8_lossy(&early));
             return &self.result;
         }
@@ -76,32 +86,42 @@ impl Fingerprinter {
         cur.extend_from_slice(shorten_multi_row_insert(bytes));
 
         // Each pass reads `cur` and writes `next`; `step!` swaps them, skipping a pass
-        // whose trigger byte is absent (most statements have no comment, no `"`, ...).
+        // whose trigger byte is absent (most statements have no comment, no `"`, ...),
+        // and tells whether the pass changed anything.
         macro_rules! step {
             ($pass:ident) => {{
                 next.clear();
-                if $pass(&cur, &mut next) {
+                let ran = $pass(&cur, &mut next);
+                if ran {
                     std::mem::swap(&mut cur, &mut next);
                 }
+                ran
             }};
         }
-        step!(strip_block_comments);
-        step!(strip_line_comments);
+        // Removing a comment may leave two spaces side by side.
+        let mut spaces = seen.has(Seen::SPACE_TO_COLLAPSE);
+        if seen.has(Seen::SLASH) {
+            spaces |= step!(strip_block_comments);
+        }
+        if seen.has(Seen::LINE_COMMENT) {
+            spaces |= step!(strip_line_comments);
+        }
         if let Some(use_stmt) = abstract_use(&cur) {
             self.result.push_str(&String::from_utf8_lossy(&use_stmt));
         } else {
-            if self.sequential || memchr::memchr2(b'"', b'\\', &cur).is_some() {
-                step!(strip_escaped_quotes);
+            if seen.has(Seen::DQUOTE_OR_BACKSLASH) {
+                // Dropping `\'` may leave two spaces side by side.
+                spaces |= step!(strip_escaped_quotes);
                 step!(replace_double_quoted);
                 step!(replace_single_quoted);
                 step!(replace_numbers);
                 step!(fold_signs_and_dots);
             } else {
-                // Without `"` and `\\` the three passes give the same as one
+                // Without `"` and `\` the three passes give the same as one
                 // left-to-right pass (the property tests hold them to it).
                 step!(quotes_numbers_and_signs);
             }
-            normalise_space_and_case(&mut cur);
+            normalise_space_and_case(&mut cur, spaces);
             step!(replace_null);
             if self.sequential {
                 step!(collapse_in_values_reference);
@@ -110,16 +130,28 @@ impl Fingerprinter {
             }
             step!(collapse_union);
             step!(abstract_limit);
-            step!(drop_order_by_asc);
-            // The result takes the buffer (every pass keeps UTF-8 valid); the old
-            // result's buffer becomes scratch.
-            match String::from_utf8(cur) {
+            next.clear();
+            // Without whitespace to collapse there was none but single spaces.
+            if drop_order_by_asc(&cur, &mut next, !seen.has(Seen::SPACE_TO_COLLAPSE)) {
+                std::mem::swap(&mut cur, &mut next);
+            }
+            // The result takes the buffer (every pass keeps UTF-8 valid, and ASCII
+            // stays ASCII); the old result's buffer becomes scratch.
+            let text = if seen.has(Seen::NON_ASCII) {
+                String::from_utf8(cur).map_err(|e| e.into_bytes())
+            } else {
+                debug_assert!(cur.is_ascii());
+                // SAFETY: the statement had no byte above 0x7F and every pass writes
+                // ASCII only, so `cur` is ASCII, which is UTF-8.
+                Ok(unsafe { String::from_utf8_unchecked(cur) })
+            };
+            match text {
                 Ok(s) => {
                     cur = std::mem::replace(&mut self.result, s).into_bytes();
                 }
-                Err(e) => {
-                    self.result.push_str(&String::from_utf8_lossy(e.as_bytes()));
-                    cur = e.into_bytes();
+                Err(bytes) => {
+                    self.result.push_str(&String::from_utf8_lossy(&bytes));
+                    cur = bytes;
                 }
             }
         }
@@ -157,13 +189,13 @@ fn word_start(hay: &[u8], i: usize) -> bool {
 /// The statements pt-fingerprint recognises whole, checked on the raw text:
 /// mysqldump's dump query, pt-table-checksum's chunk queries, `administrator command`
 /// and `CALL name(...)`.
-fn early_return(q: &[u8]) -> Option<Vec<u8>> {
+fn early_return(q: &[u8], seen: Seen) -> Option<Vec<u8>> {
     // m#\ASELECT /\*!40001 SQL_NO_CACHE \*/ \* FROM `#
     if q.starts_with(b"SELECT /*!40001 SQL_NO_CACHE */ * FROM `") {
         return Some(b"mysqldump".to_vec());
     }
     // m#/\*\w+\.\w+:[0-9]/[0-9]\*/#
-    if is_checksum_chunk_query(q) {
+    if seen.has(Seen::SLASH) && is_checksum_chunk_query(q) {
         return Some(b"percona-toolkit".to_vec());
     }
     // m/\Aadministrator command: /
@@ -353,6 +385,9 @@ fn strip_line_comments(q: &[u8], out: &mut Vec<u8>) -> bool {
         copied = end;
         i = end;
     }
+    if copied == 0 {
+        return false; // no comment
+    }
     out.extend_from_slice(&q[copied..]);
     true
 }
@@ -445,15 +480,6 @@ fn literal_prefix(before: &[u8]) -> bool {
     }
 }
 
-/// The bytes `quotes_numbers_and_signs` stops at: a quote, a `?`, and what a number
-/// may start with.
-static FUSED_STOP: [bool; 256] = {
-    let mut t = NUMBER_START;
-    t[b'\'' as usize] = true;
-    t[b'?' as usize] = true;
-    t
-};
-
 /// Pushes a `?`, folding a sign or a leading dot before it into it: what
 /// `fold_signs_and_dots` does to every `?`.
 fn push_placeholder(out: &mut Vec<u8>) {
@@ -477,9 +503,7 @@ fn quotes_numbers_and_signs(q: &[u8], out: &mut Vec<u8>) -> bool {
     // After a quote without its closing quote, no later quote can close either.
     let mut quotes = true;
     while i < q.len() {
-        while i < q.len() && !FUSED_STOP[q[i] as usize] {
-            i += 1;
-        }
+        i = scan::next_stop(q, i);
         let Some(&b) = q.get(i) else { break };
         match b {
             b'\'' if quotes => {
@@ -600,6 +624,15 @@ fn replace_numbers(q: &[u8], out: &mut Vec<u8>) -> bool {
 /// `0XFF`, `0B1`, `1E10`), so that `1.DESC` keeps its `desc`.
 fn literal_end(q: &[u8], start: usize) -> usize {
     let mut end = start + 1;
+    // Most numbers are plain digits; digits never change what may follow them.
+    while end < q.len() && q[end].is_ascii_digit() {
+        end += 1;
+    }
+    if end == q.len()
+        || !matches!(q[end], b'a'..=b'f' | b'A'..=b'F' | b'.' | b'x' | b'X' | b'+' | b'-')
+    {
+        return end;
+    }
 
     let mut hex = false;
     while end < q.len() {
@@ -652,27 +685,24 @@ fn fold_signs_and_dots(q: &[u8], out: &mut Vec<u8>) -> bool {
 }
 
 /// `s/\A\s+//; chomp; tr[ \n\t\r\f][ ]s; lc`: trim the front, drop one final newline,
-/// collapse runs of whitespace to one space, lower-case ASCII letters.
-fn normalise_space_and_case(out: &mut Vec<u8>) {
+/// collapse runs of whitespace to one space, lower-case ASCII letters. `spaces` says
+/// whether there may be whitespace to collapse (most statements have single spaces
+/// only).
+fn normalise_space_and_case(out: &mut Vec<u8>, spaces: bool) {
     let start = out.iter().position(|b| !is_space(*b)).unwrap_or(out.len());
     out.drain(..start);
     if out.last() == Some(&b'\n') {
         out.pop();
     }
     out.make_ascii_lowercase();
-    // Most statements have single spaces only: nothing to collapse.
-    let other_space = |b: &u8| matches!(b, b'\n' | b'\t' | b'\r' | 0x0c);
-    if memchr::memchr3(b'\n', b'\t', b'\r', out).is_none()
-        && memchr::memchr(0x0c, out).is_none()
-        && DOUBLE_SPACE.find(out).is_none()
-    {
+    if !spaces {
         return;
     }
     let mut w = 0;
     let mut in_space = false;
     for r in 0..out.len() {
         let b = out[r];
-        if b == b' ' || other_space(&b) {
+        if matches!(b, b' ' | b'\n' | b'\t' | b'\r' | 0x0c) {
             if !in_space {
                 out[w] = b' ';
                 w += 1;
@@ -898,8 +928,10 @@ fn abstract_limit(q: &[u8], out: &mut Vec<u8>) -> bool {
 }
 
 /// `if (m/\bORDER BY /gi) { s/\G(.+?)\s+ASC/$1/gi }`: after the first ORDER BY, every
-/// ` asc` goes, as long as each follows the previous one (`desc` stays).
-fn drop_order_by_asc(q: &[u8], out: &mut Vec<u8>) -> bool {
+/// ` asc` goes, as long as each follows the previous one (`desc` stays). `plain`
+/// says the text is lower case with single spaces only and no other whitespace
+/// (`\s+` is then one space).
+fn drop_order_by_asc(q: &[u8], out: &mut Vec<u8>, plain: bool) -> bool {
     // `y` is rare in SQL: find `order by ` from the `y` of each `by `.
     let order_by = memchr::memchr_iter(b'y', q)
         .filter(|&y| y >= 7 && &q[y - 7..y] == b"order b" && q.get(y + 1) == Some(&b' '))
@@ -911,6 +943,16 @@ fn drop_order_by_asc(q: &[u8], out: &mut Vec<u8>) -> bool {
     let mut cur = order_by + 9;
     out.extend_from_slice(&q[..cur]);
     'matches: while cur < q.len() {
+        if plain {
+            // `.+?` takes at least one byte.
+            if let Some(at) = SPACE_ASC.find(&q[(cur + 1).min(q.len())..]) {
+                let p = cur + 1 + at;
+                out.extend_from_slice(&q[cur..p]);
+                cur = p + 4;
+                continue 'matches;
+            }
+            break;
+        }
         for p in cur + 1..q.len() {
             if !is_space(q[p]) {
                 continue;
