@@ -122,18 +122,33 @@ impl Fingerprinter {
                 step!(quotes_numbers_and_signs);
             }
             normalise_space_and_case(&mut cur, spaces);
-            step!(replace_null);
+            // The keywords as the scan found them, unless a removal or collapsed
+            // whitespace may have joined one's pieces.
+            let hints = if spaces || seen.has(Seen::DQUOTE_OR_BACKSLASH) {
+                Seen::ALL
+            } else {
+                seen
+            };
+            if hints.has(Seen::MAYBE_NULL) {
+                step!(replace_null);
+            }
             if self.sequential {
                 step!(collapse_in_values_reference);
-            } else {
+            } else if hints.has(Seen::PAREN) {
                 step!(collapse_in_values);
             }
-            step!(collapse_union);
-            step!(abstract_limit);
-            next.clear();
-            // Without whitespace to collapse there was none but single spaces.
-            if drop_order_by_asc(&cur, &mut next, !seen.has(Seen::SPACE_TO_COLLAPSE)) {
-                std::mem::swap(&mut cur, &mut next);
+            if hints.has(Seen::MAYBE_UNION) {
+                step!(collapse_union);
+            }
+            if hints.has(Seen::MAYBE_LIMIT) {
+                step!(abstract_limit);
+            }
+            if hints.has(Seen::MAYBE_ORDER_BY) {
+                next.clear();
+                // Without whitespace to collapse there was none but single spaces.
+                if drop_order_by_asc(&cur, &mut next, !seen.has(Seen::SPACE_TO_COLLAPSE)) {
+                    std::mem::swap(&mut cur, &mut next);
+                }
             }
             // The result takes the buffer (every pass keeps UTF-8 valid, and ASCII
             // stays ASCII); the old result's buffer becomes scratch.
@@ -1010,6 +1025,17 @@ mod tests {
             "select t?.id from tab?"
         );
         assert_eq!(fingerprint("SET NAMES utf8mb4"), "set names utf?mb?");
+    }
+
+    #[test]
+    fn keywords_joined_by_removing_a_comment_are_still_found() {
+        // The scan sees no `null`, `limit` or `order by`; the comments' removal makes them.
+        assert_eq!(
+            fingerprint(
+                "SELECT a FROM t WHERE b IS NU/* x */LL ORD/* y */ER BY a ASC LIM/* z */IT 5"
+            ),
+            "select a from t where b is ? order by a limit ?"
+        );
     }
 
     #[test]

@@ -10,25 +10,46 @@
 /// What one scan of a statement found; each is "maybe": a pass whose trigger is
 /// absent is skipped, one whose trigger is present runs and looks for itself.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) struct Seen(u8);
+pub(super) struct Seen(u16);
 
 impl Seen {
     /// `/`: block comments, pt-table-checksum's chunk comment.
-    pub const SLASH: u8 = 1;
+    pub const SLASH: u16 = 1;
     /// `--` or `#`: line comments.
-    pub const LINE_COMMENT: u8 = 2;
+    pub const LINE_COMMENT: u16 = 1 << 1;
     /// `"` or `\`: the passes one by one instead of the fused pass.
-    pub const DQUOTE_OR_BACKSLASH: u8 = 4;
+    pub const DQUOTE_OR_BACKSLASH: u16 = 1 << 2;
     /// Whitespace other than a space (`\t \n \x0B \x0C \r`), or two spaces in a row.
-    pub const SPACE_TO_COLLAPSE: u8 = 8;
+    pub const SPACE_TO_COLLAPSE: u16 = 1 << 3;
     /// A byte of a non-ASCII character.
-    pub const NON_ASCII: u8 = 16;
-    pub const ALL: Seen = Seen(31);
+    pub const NON_ASCII: u16 = 1 << 4;
+    /// `(`: lists after IN and VALUES.
+    pub const PAREN: u16 = 1 << 5;
+    /// The keywords, in either case, by their first and last letters: `n..l`,
+    /// `u...n`, `l...t`, `o......y`. They hold for the text as it is; removing a
+    /// comment or an escaped quote, or collapsing whitespace, may join the pieces of
+    /// one (`nu/**/ll`), so the fingerprinter trusts them only where none of that
+    /// happened.
+    pub const MAYBE_NULL: u16 = 1 << 6;
+    pub const MAYBE_UNION: u16 = 1 << 7;
+    pub const MAYBE_LIMIT: u16 = 1 << 8;
+    pub const MAYBE_ORDER_BY: u16 = 1 << 9;
+    pub const ALL: Seen = Seen(u16::MAX);
 
-    pub fn has(self, class: u8) -> bool {
+    pub fn has(self, class: u16) -> bool {
         self.0 & class != 0
     }
 }
+
+/// The keywords of `Seen`: first letter, distance to the last, last letter (lower
+/// case; a byte is compared with `0x20` set, which folds ASCII letters only).
+#[cfg(any(test, not(target_arch = "x86_64")))]
+const KEYWORDS: [(u8, usize, u8, u16); 4] = [
+    (b'n', 3, b'l', Seen::MAYBE_NULL),
+    (b'u', 4, b'n', Seen::MAYBE_UNION),
+    (b'l', 4, b't', Seen::MAYBE_LIMIT),
+    (b'o', 7, b'y', Seen::MAYBE_ORDER_BY),
+];
 
 /// The classes of `Seen` present in `q`, byte by byte (the reference).
 #[cfg(any(test, not(target_arch = "x86_64")))]
@@ -42,9 +63,15 @@ pub(super) fn classify_bytewise(q: &[u8]) -> Seen {
             b'"' | b'\\' => Seen::DQUOTE_OR_BACKSLASH,
             b'\t' | b'\n' | 0x0b | 0x0c | b'\r' => Seen::SPACE_TO_COLLAPSE,
             b' ' if q.get(i + 1) == Some(&b' ') => Seen::SPACE_TO_COLLAPSE,
+            b'(' => Seen::PAREN,
             0x80.. => Seen::NON_ASCII,
             _ => 0,
         };
+        for (first, distance, last, class) in KEYWORDS {
+            if b | 0x20 == first && q.get(i + distance).is_some_and(|l| l | 0x20 == last) {
+                seen |= class;
+            }
+        }
     }
     Seen(seen)
 }
@@ -98,50 +125,73 @@ mod sse2 {
         _mm_cmplt_epi8(shifted, _mm_set1_epi8((0x80 + (hi - lo) + 1) as i8))
     }
 
-    /// The classes of sixteen bytes `v` (`next`: the sixteen from one byte on, for
-    /// pairs like two spaces in a row), added to the accumulators in the order of
-    /// `Seen`'s.
+    /// Bytes a class's pairs look ahead: the last letter of ORDER BY.
+    const AHEAD: usize = 7;
+
+    /// The classes in the order of `accumulate`'s lanes.
+    const CLASSES: [u16; 10] = [
+        Seen::SLASH,
+        Seen::LINE_COMMENT,
+        Seen::DQUOTE_OR_BACKSLASH,
+        Seen::SPACE_TO_COLLAPSE,
+        Seen::PAREN,
+        Seen::MAYBE_NULL,
+        Seen::MAYBE_UNION,
+        Seen::MAYBE_LIMIT,
+        Seen::MAYBE_ORDER_BY,
+        Seen::NON_ASCII,
+    ];
+
+    /// Adds what the sixteen bytes at `q[at..]` hold to `acc`, one vector per class
+    /// of `CLASSES` (for non-ASCII the bytes themselves: their top bit tells).
     #[target_feature(enable = "sse2")]
-    fn accumulate(acc: &mut [__m128i; 5], v: __m128i, next: __m128i) {
-        acc[0] = _mm_or_si128(acc[0], eq(v, b'/'));
-        let two_dashes = _mm_and_si128(eq(v, b'-'), eq(next, b'-'));
-        acc[1] = _mm_or_si128(acc[1], _mm_or_si128(two_dashes, eq(v, b'#')));
-        acc[2] = _mm_or_si128(acc[2], _mm_or_si128(eq(v, b'"'), eq(v, b'\\')));
-        let two_spaces = _mm_and_si128(eq(v, b' '), eq(next, b' '));
-        acc[3] = _mm_or_si128(acc[3], _mm_or_si128(in_range(v, 0x09, 0x0d), two_spaces));
-        // The sign bit is set in the bytes from 0x80 on.
-        acc[4] = _mm_or_si128(acc[4], v);
+    fn accumulate(acc: &mut [__m128i; 10], q: &[u8], at: usize) {
+        assert!(at + 16 + AHEAD <= q.len());
+        // SAFETY: every load reads sixteen bytes from at most `at + AHEAD`, which
+        // the assertion keeps inside `q`; the loads are unaligned.
+        let load = |ahead: usize| unsafe { _mm_loadu_si128(q.as_ptr().add(at + ahead).cast()) };
+        let v = load(0);
+        let next = load(1);
+        // Letters compared with 0x20 set: either case.
+        let fold = |x: __m128i| _mm_or_si128(x, _mm_set1_epi8(0x20));
+        let lower = fold(v);
+        let at4 = fold(load(4));
+        let pair = |a: __m128i, x: u8, b: __m128i, y: u8| _mm_and_si128(eq(a, x), eq(b, y));
+        let found = [
+            eq(v, b'/'),
+            _mm_or_si128(pair(v, b'-', next, b'-'), eq(v, b'#')),
+            _mm_or_si128(eq(v, b'"'), eq(v, b'\\')),
+            _mm_or_si128(in_range(v, 0x09, 0x0d), pair(v, b' ', next, b' ')),
+            eq(v, b'('),
+            pair(lower, b'n', fold(load(3)), b'l'),
+            pair(lower, b'u', at4, b'n'),
+            pair(lower, b'l', at4, b't'),
+            pair(lower, b'o', fold(load(7)), b'y'),
+            v,
+        ];
+        for (a, f) in acc.iter_mut().zip(found) {
+            *a = _mm_or_si128(*a, f);
+        }
     }
 
     #[target_feature(enable = "sse2")]
     fn classify_sse2(q: &[u8]) -> Seen {
-        let mut acc = [_mm_setzero_si128(); 5];
-        if q.len() < 17 {
-            // Padded with zeros, which are in no class.
-            let mut padded = [0u8; 33];
-            padded[..q.len()].copy_from_slice(q);
-            accumulate(&mut acc, load(&padded, 0), load(&padded, 1));
-        } else {
-            let mut at = 0;
-            while at + 17 <= q.len() {
-                accumulate(&mut acc, load(q, at), load(q, at + 1));
-                at += 16;
-            }
-            // The rest again from seventeen bytes before the end (counting a byte twice
-            // changes no "any"), then the last sixteen, which hold the very last byte.
-            let last = q.len() - 17;
-            accumulate(&mut acc, load(q, last), load(q, last + 1));
-            accumulate(&mut acc, load(q, last + 1), _mm_setzero_si128());
+        let mut acc = [_mm_setzero_si128(); 10];
+        let mut at = 0;
+        while at + 16 + AHEAD <= q.len() {
+            accumulate(&mut acc, q, at);
+            at += 16;
         }
-        let classes = [
-            Seen::SLASH,
-            Seen::LINE_COMMENT,
-            Seen::DQUOTE_OR_BACKSLASH,
-            Seen::SPACE_TO_COLLAPSE,
-            Seen::NON_ASCII,
-        ];
+        // The rest (fewer than 16 + AHEAD bytes) padded with zeros, which are in no
+        // class and no keyword's letter.
+        let mut rest = [0u8; 2 * 16 + AHEAD];
+        rest[..q.len() - at].copy_from_slice(&q[at..]);
+        accumulate(&mut acc, &rest, 0);
+        if q.len() - at > 16 {
+            accumulate(&mut acc, &rest, 16);
+        }
         let mut seen = 0;
-        for (v, class) in acc.into_iter().zip(classes) {
+        for (v, class) in acc.into_iter().zip(CLASSES) {
             if _mm_movemask_epi8(v) != 0 {
                 seen |= class;
             }
@@ -195,6 +245,8 @@ mod tests {
                 prop_oneof![
                     Just(b' '), Just(b'/'), Just(b'-'), Just(b'#'), Just(b'"'), Just(b'\\'),
                     Just(b'\''), Just(b'?'), Just(b'+'), Just(b'\t'), Just(0x0b), Just(b'\r'),
+                    Just(b'('), Just(b'n'), Just(b'L'), Just(b'u'), Just(b'N'), Just(b't'),
+                    Just(b'O'), Just(b'y'), Just(b'l'),
                     b'0'..=b'9', b'a'..=b'z', any::<u8>(),
                 ],
                 0..80,
@@ -203,6 +255,28 @@ mod tests {
         ) {
             prop_assert_eq!(classify(&q), classify_bytewise(&q));
             prop_assert_eq!(next_stop(&q, from.min(q.len())), next_stop_bytewise(&q, from.min(q.len())));
+        }
+    }
+
+    #[test]
+    fn keywords_are_seen_at_every_position_of_every_length() {
+        for (word, class) in [
+            ("null", Seen::MAYBE_NULL),
+            ("UNION", Seen::MAYBE_UNION),
+            ("Limit", Seen::MAYBE_LIMIT),
+            ("ORDER BY", Seen::MAYBE_ORDER_BY),
+            ("--", Seen::LINE_COMMENT),
+            ("  ", Seen::SPACE_TO_COLLAPSE),
+        ] {
+            for len in word.len()..70 {
+                for at in 0..=len - word.len() {
+                    let mut q = vec![b'a'; len];
+                    q[at..at + word.len()].copy_from_slice(word.as_bytes());
+                    let seen = classify(&q);
+                    assert!(seen.has(class), "{word:?} at {at} of {len}");
+                    assert_eq!(seen, classify_bytewise(&q), "{word:?} at {at} of {len}");
+                }
+            }
         }
     }
 
