@@ -65,9 +65,10 @@ pub struct Subject<'a> {
 }
 
 impl Record {
-    pub fn new(event: Event, at: DateTime<Utc>, s: &Subject<'_>, reason: String) -> Record {
+    /// A record at `ts` (from `timestamp`: formatted once for all records of a run).
+    pub fn new(event: Event, ts: &str, s: &Subject<'_>, reason: String) -> Record {
         Record {
-            ts: timestamp(at),
+            ts: ts.to_owned(),
             event,
             target: s.target.to_owned(),
             policy: s.policy.to_owned(),

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use chrono::Utc;
 use tracing::{error, info, warn};
 
-use crate::audit::{Audit, Event, Record, Subject};
+use crate::audit::{Audit, Event, Record, Subject, timestamp};
 use crate::core::plan::{Plan, Verdict};
 use crate::core::policy::Policy;
 use crate::core::protected::Protected;
@@ -86,13 +86,19 @@ pub struct Executor {
 
 static INTENT_SEQ: AtomicU64 = AtomicU64::new(0);
 
-fn intent_id() -> String {
+/// Intent ids `PID-MILLIS-SEQ`: unique in a process by the sequence number, across
+/// restarts by the pid and the time. `prefix` is `intent_id_prefix()`.
+fn intent_id(prefix: &str) -> String {
+    use std::fmt::Write;
     let seq = INTENT_SEQ.fetch_add(1, Ordering::Relaxed);
-    format!(
-        "{}-{}-{seq}",
-        std::process::id(),
-        Utc::now().timestamp_millis()
-    )
+    let mut id = String::with_capacity(prefix.len() + 8);
+    id.push_str(prefix);
+    let _ = write!(id, "{seq}");
+    id
+}
+
+fn intent_id_prefix() -> String {
+    format!("{}-{}-", std::process::id(), Utc::now().timestamp_millis())
 }
 
 impl Executor {
@@ -105,20 +111,34 @@ impl Executor {
     }
 
     async fn append(&self, records: Vec<Record>, durable: bool) -> Result<(), String> {
+        self.append_keep(records, durable).await.1
+    }
+
+    /// `append`, giving the records back (the intents become the outcomes).
+    async fn append_keep(
+        &self,
+        records: Vec<Record>,
+        durable: bool,
+    ) -> (Vec<Record>, Result<(), String>) {
         if records.is_empty() {
-            return Ok(());
+            return (records, Ok(()));
         }
         let audit = self.audit.clone();
-        let result = tokio::task::spawn_blocking(move || audit.append(&records, durable))
-            .await
-            .map_err(|e| format!("audit writer failed: {e}"))
-            .and_then(|r| r.map_err(|e| e.to_string()));
+        let (records, result) = match tokio::task::spawn_blocking(move || {
+            let result = audit.append(&records, durable);
+            (records, result)
+        })
+        .await
+        {
+            Ok((records, r)) => (records, r.map_err(|e| e.to_string())),
+            Err(e) => (Vec::new(), Err(format!("audit writer failed: {e}"))),
+        };
         let writable = i64::from(result.is_ok());
         self.metrics
             .audit_writable
             .with_label_values(&[&self.audit.path().display().to_string()])
             .set(writable);
-        result
+        (records, result)
     }
 
     /// Audits new would-kills and carries out the kills of `tick.plan`.
@@ -132,6 +152,7 @@ impl Executor {
             ..Report::default()
         };
         let now = Utc::now();
+        let ts = timestamp(now);
         let mut fp = Fingerprinter::default();
         let mut would = Vec::new();
         let mut current: Vec<HashSet<(u64, Option<u64>)>> =
@@ -159,7 +180,7 @@ impl Executor {
                         reason
                     );
                     let subject = subject(tick.target, policy, s, &mut fp);
-                    would.push(Record::new(Event::WouldKill, now, &subject, reason));
+                    would.push(Record::new(Event::WouldKill, &ts, &subject, reason));
                     self.metrics
                         .would_kill_total
                         .with_label_values(&[tick.target, &policy.name])
@@ -184,18 +205,18 @@ impl Executor {
 
         // Write-ahead: every intent is on disk before any kill is sent.
         let mut intents = Vec::with_capacity(kills.len());
-        let mut subjects = Vec::with_capacity(kills.len());
+        let id_prefix = intent_id_prefix();
         for &(i, pi) in &kills {
             let s = &snapshot.sessions[i];
             let policy = tick.policies[pi];
             let reason = plan.reason(i, snapshot, tick.policies);
             let subject = subject(tick.target, policy, s, &mut fp);
-            let mut r = Record::new(Event::Intent, now, &subject, reason);
-            r.intent_id = Some(intent_id());
-            subjects.push(subject.fingerprint.clone());
+            let mut r = Record::new(Event::Intent, &ts, &subject, reason);
+            r.intent_id = Some(intent_id(&id_prefix));
             intents.push(r);
         }
-        if let Err(e) = self.append(intents.clone(), true).await {
+        let (intents, written) = self.append_keep(intents, true).await;
+        if let Err(e) = written {
             error!("no kill on {}: {e}", tick.target);
             report.audit_error = Some(e);
             report.not_killed += kills.len();
@@ -253,6 +274,8 @@ impl Executor {
             _ => tick.provider.kill(&requests, &check).await,
         };
         let done = Utc::now();
+        let done_ts = timestamp(done);
+        let mut run_metrics = RunMetrics::new(&self.metrics, tick.target);
         let mut records = Vec::with_capacity(outcomes.len());
         let mut quiet = 0;
         for ((intent, outcome), (req, &(_, pi))) in intents
@@ -260,13 +283,12 @@ impl Executor {
             .zip(&outcomes)
             .zip(requests.iter().zip(&kills))
         {
-            let policy = tick.policies[pi];
             // A storm would flood the journal: past the first few, the kills of a
             // run are summed up in one line (each one is in the audit log).
             let log = records.len() < LOGGED_KILLS_PER_RUN
                 || !matches!(outcome.result, KillResult::Killed | KillResult::Gone);
             quiet += usize::from(!log);
-            self.observe(tick, policy, req, outcome, done, log);
+            self.observe(tick, &mut run_metrics, pi, req, outcome, done, log);
             if matches!(outcome.result, KillResult::Killed) {
                 report.killed += 1;
                 report.killed_by[pi] += 1;
@@ -276,7 +298,7 @@ impl Executor {
             report
                 .outcomes
                 .push((req.session.id, outcome.result.clone()));
-            records.push(outcome_record(intent, outcome, done));
+            records.push(outcome_record(intent, outcome, &done_ts));
         }
         if quiet > 0 {
             info!(
@@ -296,21 +318,20 @@ impl Executor {
         report
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn observe(
         &self,
         tick: &Tick<'_>,
-        policy: &Policy,
+        run_metrics: &mut RunMetrics,
+        pi: usize,
         req: &KillRequest,
         outcome: &KillOutcome,
         done: chrono::DateTime<Utc>,
         log: bool,
     ) {
         let s = &req.session;
-        let label = outcome.result.label();
-        self.metrics
-            .kills_total
-            .with_label_values(&[tick.target, &policy.name, req.action.as_str(), label])
-            .inc();
+        let policy = tick.policies[pi];
+        run_metrics.kill(&self.metrics, tick.target, policy, pi, req, &outcome.result);
         match &outcome.result {
             KillResult::Killed => {
                 if log {
@@ -332,10 +353,7 @@ impl Executor {
                 let detected =
                     tick.snapshot.taken_at - chrono::Duration::milliseconds(crossed_ms as i64);
                 let secs = (done - detected).num_microseconds().unwrap_or(0).max(0) as f64 / 1e6;
-                self.metrics
-                    .detect_to_kill_seconds
-                    .with_label_values(&[tick.target])
-                    .observe(secs);
+                run_metrics.detect_to_kill.observe(secs);
             }
             KillResult::Gone if log => {
                 info!("session {} on {} ended before its kill", s.id, tick.target)
@@ -354,25 +372,66 @@ impl Executor {
             ),
         }
         if let (Some(r), Some(k)) = (outcome.rechecked_at, outcome.sent_at) {
-            self.metrics
-                .recheck_to_kill_seconds
-                .with_label_values(&[tick.target])
+            run_metrics
+                .recheck_to_kill
                 .observe(k.saturating_duration_since(r).as_secs_f64());
         }
+    }
+}
+
+/// The metrics a run's kills update, looked up once per run rather than once per
+/// kill (each lookup hashes every label value and takes a lock).
+struct RunMetrics {
+    detect_to_kill: prometheus::Histogram,
+    recheck_to_kill: prometheus::Histogram,
+    /// `kills_total` by policy and result.
+    kills: HashMap<(usize, &'static str), prometheus::IntCounter>,
+}
+
+impl RunMetrics {
+    fn new(metrics: &Metrics, target: &str) -> RunMetrics {
+        RunMetrics {
+            detect_to_kill: metrics.detect_to_kill_seconds.with_label_values(&[target]),
+            recheck_to_kill: metrics.recheck_to_kill_seconds.with_label_values(&[target]),
+            kills: HashMap::new(),
+        }
+    }
+
+    fn kill(
+        &mut self,
+        metrics: &Metrics,
+        target: &str,
+        policy: &Policy,
+        pi: usize,
+        req: &KillRequest,
+        result: &KillResult,
+    ) {
+        let label = result.label();
+        self.kills
+            .entry((pi, label))
+            .or_insert_with(|| {
+                metrics.kills_total.with_label_values(&[
+                    target,
+                    &policy.name,
+                    req.action.as_str(),
+                    label,
+                ])
+            })
+            .inc();
     }
 }
 
 /// Kills of one run logged one by one; the rest are summed up in one line.
 const LOGGED_KILLS_PER_RUN: usize = 20;
 
-/// The outcome (or skip) record closing an intent.
-pub fn outcome_record(intent: Record, outcome: &KillOutcome, at: chrono::DateTime<Utc>) -> Record {
+/// The outcome (or skip) record closing an intent, at `ts` (from `timestamp`).
+pub fn outcome_record(intent: Record, outcome: &KillOutcome, ts: &str) -> Record {
     let event = match outcome.result {
         KillResult::Gone | KillResult::Changed(_) => Event::Skip,
         _ => Event::Outcome,
     };
     Record {
-        ts: crate::audit::timestamp(at),
+        ts: ts.to_owned(),
         event,
         result: Some(outcome.result.label().to_owned()),
         error: match &outcome.result {
@@ -384,7 +443,7 @@ pub fn outcome_record(intent: Record, outcome: &KillOutcome, at: chrono::DateTim
         reason: match &outcome.result {
             KillResult::Changed(why) => why.clone(),
             KillResult::Gone => "the session ended before the kill".to_owned(),
-            _ => intent.reason.clone(),
+            _ => intent.reason,
         },
         recheck_to_kill_us: match (outcome.rechecked_at, outcome.sent_at) {
             (Some(r), Some(k)) => Some(k.saturating_duration_since(r).as_micros() as u64),

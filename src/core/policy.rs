@@ -274,83 +274,112 @@ impl Match {
 
     /// A short account of why a matching session matches, for humans.
     pub fn explain(&self, session: &Session) -> String {
-        let mut parts = Vec::new();
-        let list = |globs: &[Glob]| globs.iter().map(Glob::as_str).collect::<Vec<_>>().join("|");
+        use fmt::Write;
+        // One string written in place: a storm explains thousands of kills at once.
+        let mut out = String::with_capacity(96);
+        let part = |out: &mut String| {
+            if !out.is_empty() {
+                out.push_str(", ");
+            }
+        };
+        let list = |out: &mut String, globs: &[Glob]| {
+            for (i, g) in globs.iter().enumerate() {
+                if i > 0 {
+                    out.push('|');
+                }
+                out.push_str(g.as_str());
+            }
+        };
         if !self.user.is_empty() {
-            parts.push(format!(
-                "user {} ~ {}",
-                session.user.as_deref().unwrap_or("?"),
-                list(&self.user)
-            ));
+            part(&mut out);
+            let _ = write!(out, "user {} ~ ", session.user.as_deref().unwrap_or("?"));
+            list(&mut out, &self.user);
         }
         if !self.not_user.is_empty() {
-            parts.push(format!("user not {}", list(&self.not_user)));
+            part(&mut out);
+            out.push_str("user not ");
+            list(&mut out, &self.not_user);
         }
         if !self.host.is_empty() {
-            parts.push(format!(
-                "host {} ~ {}",
-                session.host.as_deref().unwrap_or("?"),
-                list(&self.host)
-            ));
+            part(&mut out);
+            let _ = write!(out, "host {} ~ ", session.host.as_deref().unwrap_or("?"));
+            list(&mut out, &self.host);
         }
         if !self.db.is_empty() {
-            parts.push(format!(
-                "db {} ~ {}",
-                session.db.as_deref().unwrap_or("?"),
-                list(&self.db)
-            ));
+            part(&mut out);
+            let _ = write!(out, "db {} ~ ", session.db.as_deref().unwrap_or("?"));
+            list(&mut out, &self.db);
         }
         if !self.command.is_empty() {
-            parts.push(format!("command {}", session.command));
+            part(&mut out);
+            let _ = write!(out, "command {}", session.command);
         }
         if !self.state.is_empty() {
-            parts.push(format!("state {}", session.state.as_deref().unwrap_or("")));
+            part(&mut out);
+            let _ = write!(out, "state {}", session.state.as_deref().unwrap_or(""));
         }
-        let time = format_ms(session.time_ms);
+        let time = Duration::from_millis(session.time_ms);
         match (self.min_time, self.max_time) {
-            (Some(min), Some(max)) => parts.push(format!(
-                "time {time} in [{}, {})",
-                format_duration(min),
-                format_duration(max)
-            )),
-            (Some(min), None) => parts.push(format!("time {time} >= {}", format_duration(min))),
-            (None, Some(max)) => parts.push(format!("time {time} < {}", format_duration(max))),
             (None, None) => {}
+            (min, max) => {
+                part(&mut out);
+                out.push_str("time ");
+                write_duration(&mut out, time);
+                match (min, max) {
+                    (Some(min), Some(max)) => {
+                        out.push_str(" in [");
+                        write_duration(&mut out, min);
+                        out.push_str(", ");
+                        write_duration(&mut out, max);
+                        out.push(')');
+                    }
+                    (Some(min), None) => {
+                        out.push_str(" >= ");
+                        write_duration(&mut out, min);
+                    }
+                    (None, Some(max)) => {
+                        out.push_str(" < ");
+                        write_duration(&mut out, max);
+                    }
+                    (None, None) => unreachable!("handled above"),
+                }
+            }
         }
         if let Some(wanted) = self.in_transaction {
-            parts.push(
-                if wanted {
-                    "in a transaction"
-                } else {
-                    "no transaction"
-                }
-                .to_owned(),
-            );
+            part(&mut out);
+            out.push_str(if wanted {
+                "in a transaction"
+            } else {
+                "no transaction"
+            });
         }
         if let (Some(min), Some(trx)) = (self.min_trx_time, &session.trx) {
-            parts.push(format!(
-                "transaction age {} >= {}",
-                format_ms(trx.age_ms),
-                format_duration(min)
-            ));
+            part(&mut out);
+            out.push_str("transaction age ");
+            write_duration(&mut out, Duration::from_millis(trx.age_ms));
+            out.push_str(" >= ");
+            write_duration(&mut out, min);
         }
         if self.sql.is_some() {
-            parts.push("sql matches".to_owned());
+            part(&mut out);
+            out.push_str("sql matches");
         }
         if !self.sql_template.is_empty() {
-            parts.push("sql template matches".to_owned());
+            part(&mut out);
+            out.push_str("sql template matches");
         }
         if !self.template_id.is_empty() {
-            parts.push(format!(
+            part(&mut out);
+            let _ = write!(
+                out,
                 "template id {}",
                 session.template_id.as_deref().unwrap_or("")
-            ));
+            );
         }
-        if parts.is_empty() {
-            "matches every session".to_owned()
-        } else {
-            parts.join(", ")
+        if out.is_empty() {
+            out.push_str("matches every session");
         }
+        out
     }
 }
 
@@ -404,28 +433,41 @@ pub fn format_ms(ms: u64) -> String {
 /// The shortest exact rendering in the config's own duration syntax
 /// (`250ms`, `1.5s`, `5m12.4s`, `1h2m5s`).
 pub fn format_duration(d: Duration) -> String {
+    let mut out = String::new();
+    write_duration(&mut out, d);
+    out
+}
+
+/// `format_duration`, appended to `out`.
+pub fn write_duration(out: &mut String, d: Duration) {
+    use fmt::Write;
     let ms = d.as_millis();
     if ms == 0 {
-        return "0s".to_owned();
+        out.push_str("0s");
+        return;
     }
     if ms < 1000 {
-        return format!("{ms}ms");
+        let _ = write!(out, "{ms}ms");
+        return;
     }
     let (h, m, s, frac) = (ms / 3_600_000, ms / 60_000 % 60, ms / 1000 % 60, ms % 1000);
-    let mut out = String::new();
     if h > 0 {
-        out.push_str(&format!("{h}h"));
+        let _ = write!(out, "{h}h");
     }
     if m > 0 {
-        out.push_str(&format!("{m}m"));
+        let _ = write!(out, "{m}m");
     }
     if frac > 0 {
-        let frac = format!("{frac:03}");
-        out.push_str(&format!("{s}.{}s", frac.trim_end_matches('0')));
+        // Milliseconds without trailing zeros: .5, .25, .125.
+        let (digits, width) = match frac {
+            f if f % 100 == 0 => (f / 100, 1),
+            f if f % 10 == 0 => (f / 10, 2),
+            f => (f, 3),
+        };
+        let _ = write!(out, "{s}.{digits:0width$}s");
     } else if s > 0 {
-        out.push_str(&format!("{s}s"));
+        let _ = write!(out, "{s}s");
     }
-    out
 }
 
 #[cfg(test)]
@@ -441,5 +483,23 @@ mod tests {
         assert_eq!(format_ms(2_118_842), "35m18.842s");
         assert_eq!(format_ms(300_000), "5m");
         assert_eq!(format_ms(3_725_000), "1h2m5s");
+        assert_eq!(format_ms(1_050), "1.05s");
+        assert_eq!(format_ms(61_007), "1m1.007s");
+        assert_eq!(format_ms(3_600_120), "1h0.12s");
+    }
+
+    #[test]
+    fn every_millisecond_count_prints_as_its_fraction_without_trailing_zeros() {
+        for ms in (0..200_000u64).chain([7_199_999, 7_200_000, 86_400_001]) {
+            let frac = ms % 1000;
+            let text = format_ms(ms);
+            if ms >= 1000 && frac > 0 {
+                let want = format!("{frac:03}");
+                let want = want.trim_end_matches('0');
+                assert!(text.ends_with(&format!(".{want}s")), "{ms}: {text}");
+            } else {
+                assert!(!text.contains('.'), "{ms}: {text}");
+            }
+        }
     }
 }
