@@ -839,60 +839,96 @@ fn value_ms(v: &Value) -> Option<u64> {
 /// `10.0.0.7:51234` → (`10.0.0.7`, 51234); `localhost` → (`localhost`, none).
 /// TCP clients always carry `:port` in the process list; IPv6 ones too (`::1:51234`).
 pub fn split_host(raw: &str) -> (String, Option<u16>) {
+    let (addr, port) = split_host_ref(raw);
+    (addr.to_owned(), port)
+}
+
+/// `split_host`, borrowing the address.
+fn split_host_ref(raw: &str) -> (&str, Option<u16>) {
     if let Some(rest) = raw.strip_prefix('[')
         && let Some((addr, port)) = rest.split_once("]:")
     {
-        return (addr.to_owned(), port.parse().ok());
+        return (addr, port.parse().ok());
     }
     match raw.rsplit_once(':') {
         Some((addr, port))
             if !addr.is_empty() && !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) =>
         {
             match port.parse() {
-                Ok(p) => (addr.to_owned(), Some(p)),
-                Err(_) => (raw.to_owned(), None),
+                Ok(p) => (addr, Some(p)),
+                Err(_) => (raw, None),
             }
         }
-        _ => (raw.to_owned(), None),
+        _ => (raw, None),
     }
 }
 
 fn session_from_row(row: Row, flavour: Flavour) -> Option<Session> {
-    let v = row.unwrap_raw();
-    let get = |i: usize| v.get(i).and_then(|x| x.as_ref());
-    let id = get(0).and_then(value_u64)?;
-    let host_raw = get(2).and_then(value_string);
-    let (host, port) = match host_raw.as_deref() {
-        None | Some("") => (None, None),
+    let mut v = row.unwrap_raw();
+    // Text columns are taken out of the row: their bytes become the strings
+    // without a copy.
+    let mut take = |i: usize| v.get_mut(i).and_then(Option::take).and_then(into_string);
+    let host = take(2);
+    let (host, port) = match host {
+        None => (None, None),
+        Some(h) if h.is_empty() => (None, None),
         Some(h) => {
-            let (h, p) = split_host(h);
-            (Some(h), p)
+            let (addr, port) = split_host_ref(&h);
+            // The address is a part of `h`: the whole of it when there is no port.
+            let addr = if addr.len() == h.len() {
+                h
+            } else {
+                addr.to_owned()
+            };
+            (Some(addr), port)
         }
     };
-    let trx = match (get(9).and_then(value_string), get(10).and_then(value_ms)) {
+    let user = take(1);
+    let db = take(3);
+    let command = take(4).unwrap_or_default();
+    let state = take(6).filter(|s| !s.is_empty());
+    let sql = take(7);
+    let trx_id = take(9);
+    let id = column(&v, 0).and_then(value_u64)?;
+    let trx = match (trx_id, column(&v, 10).and_then(value_ms)) {
         (Some(id), Some(age_ms)) => Some(Transaction { id, age_ms }),
         _ => None,
     };
     let query_id = if flavour == Flavour::MariaDb {
-        get(8).and_then(value_u64)
+        column(&v, 8).and_then(value_u64)
     } else {
         None
     };
     Some(Session {
         id,
-        user: get(1).and_then(value_string),
+        user,
         host,
         port,
-        db: get(3).and_then(value_string),
-        command: get(4).and_then(value_string).unwrap_or_default(),
-        time_ms: get(5).and_then(value_ms).unwrap_or(0),
-        state: get(6).and_then(value_string).filter(|s| !s.is_empty()),
-        sql: get(7).and_then(value_string),
+        db,
+        command,
+        time_ms: column(&v, 5).and_then(value_ms).unwrap_or(0),
+        state,
+        sql,
         query_id,
         trx,
         template_id: None,
         node: None,
     })
+}
+
+fn column(v: &[Option<Value>], i: usize) -> Option<&Value> {
+    v.get(i).and_then(Option::as_ref)
+}
+
+/// `value_string`, taking the bytes of a text value instead of copying them.
+fn into_string(v: Value) -> Option<String> {
+    match v {
+        Value::Bytes(b) => Some(
+            String::from_utf8(b)
+                .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()),
+        ),
+        other => value_string(&other),
+    }
 }
 
 /// A driver error in words, without the driver's decoration.
