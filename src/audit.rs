@@ -112,9 +112,9 @@ impl Record {
             let bytes = s.as_bytes();
             // Most strings need no escape: one check the compiler vectorises (no
             // early exit), then one copy.
-            let plain = !bytes
-                .iter()
-                .fold(false, |any, &b| any | (b < 0x20) | (b == b'"') | (b == b'\\'));
+            let plain = !bytes.iter().fold(false, |any, &b| {
+                any | (b < 0x20) | (b == b'"') | (b == b'\\')
+            });
             if plain {
                 out.extend_from_slice(bytes);
                 out.push(b'"');
