@@ -42,8 +42,8 @@ impl Seen {
 }
 
 /// The keywords of `Seen`: first letter, distance to the last, last letter (lower
-/// case; a byte is compared with `0x20` set, which folds ASCII letters only).
-#[cfg(any(test, not(target_arch = "x86_64")))]
+/// case; a byte is compared with `0x20` set, which folds ASCII letters only). Both
+/// scans take them from here.
 const KEYWORDS: [(u8, usize, u8, u16); 4] = [
     (b'n', 3, b'l', Seen::MAYBE_NULL),
     (b'u', 4, b'n', Seen::MAYBE_UNION),
@@ -77,9 +77,10 @@ pub(super) fn classify_bytewise(q: &[u8]) -> Seen {
 }
 
 /// Whether the fused pass stops at `b`: a quote, a `?`, and what a number may start
-/// with (digits and signs).
+/// with (`NUMBER_START`: digits and signs). The SSE2 scan tests the same bytes, and
+/// the tests hold it to this.
 pub(super) fn is_stop(b: u8) -> bool {
-    matches!(b, b'0'..=b'9' | b'+' | b'-' | b'\'' | b'?')
+    super::NUMBER_START[usize::from(b)] || b == b'\'' || b == b'?'
 }
 
 /// The first position at or after `from` whose byte `is_stop`, or `q.len()`.
@@ -102,7 +103,7 @@ mod sse2 {
         _mm_movemask_epi8, _mm_or_si128, _mm_set1_epi8, _mm_setzero_si128,
     };
 
-    use super::Seen;
+    use super::{KEYWORDS, Seen};
 
     /// Sixteen bytes from `q[at..at + 16]`.
     #[target_feature(enable = "sse2")]
@@ -125,20 +126,31 @@ mod sse2 {
         _mm_cmplt_epi8(shifted, _mm_set1_epi8((0x80 + (hi - lo) + 1) as i8))
     }
 
-    /// Bytes a class's pairs look ahead: the last letter of ORDER BY.
-    const AHEAD: usize = 7;
+    /// Bytes a class's pairs look ahead: the farthest last letter of `KEYWORDS`.
+    const AHEAD: usize = {
+        let mut most = 1;
+        let mut k = 0;
+        while k < KEYWORDS.len() {
+            if KEYWORDS[k].1 > most {
+                most = KEYWORDS[k].1;
+            }
+            k += 1;
+        }
+        most
+    };
 
-    /// The classes in the order of `accumulate`'s lanes.
+    /// The classes in the order of `accumulate`'s vectors: five of single bytes and
+    /// pairs, then `KEYWORDS`, then non-ASCII.
     const CLASSES: [u16; 10] = [
         Seen::SLASH,
         Seen::LINE_COMMENT,
         Seen::DQUOTE_OR_BACKSLASH,
         Seen::SPACE_TO_COLLAPSE,
         Seen::PAREN,
-        Seen::MAYBE_NULL,
-        Seen::MAYBE_UNION,
-        Seen::MAYBE_LIMIT,
-        Seen::MAYBE_ORDER_BY,
+        KEYWORDS[0].3,
+        KEYWORDS[1].3,
+        KEYWORDS[2].3,
+        KEYWORDS[3].3,
         Seen::NON_ASCII,
     ];
 
@@ -155,18 +167,21 @@ mod sse2 {
         // Letters compared with 0x20 set: either case.
         let fold = |x: __m128i| _mm_or_si128(x, _mm_set1_epi8(0x20));
         let lower = fold(v);
-        let at4 = fold(load(4));
         let pair = |a: __m128i, x: u8, b: __m128i, y: u8| _mm_and_si128(eq(a, x), eq(b, y));
+        let keyword = |k: usize| {
+            let (first, distance, last, _) = KEYWORDS[k];
+            pair(lower, first, fold(load(distance)), last)
+        };
         let found = [
             eq(v, b'/'),
             _mm_or_si128(pair(v, b'-', next, b'-'), eq(v, b'#')),
             _mm_or_si128(eq(v, b'"'), eq(v, b'\\')),
             _mm_or_si128(in_range(v, 0x09, 0x0d), pair(v, b' ', next, b' ')),
             eq(v, b'('),
-            pair(lower, b'n', fold(load(3)), b'l'),
-            pair(lower, b'u', at4, b'n'),
-            pair(lower, b'l', at4, b't'),
-            pair(lower, b'o', fold(load(7)), b'y'),
+            keyword(0),
+            keyword(1),
+            keyword(2),
+            keyword(3),
             v,
         ];
         for (a, f) in acc.iter_mut().zip(found) {
