@@ -22,7 +22,8 @@
 //!
 //! STORM_ONLY=session-reaper skips the floor and pt-kill, STORM_POOL=N sets the
 //! target's pool_size, STORM_VERBOSE=1 prints each run's first kill and kill phase,
-//! STORM_WRAP="perf record -g -o FILE --" runs the daemon under a profiler.
+//! STORM_WRAP="perf record -g -o FILE --" runs the daemon under a profiler, STORM_BIN=PATH
+//! runs another build of it (to compare two builds on the same server).
 //!
 //! Needs mariadbd (scripts/test installs it) and, for the comparison, pt-kill
 //! (Debian's percona-toolkit); without pt-kill its rows are left out.
@@ -345,14 +346,16 @@ impl Reaper {
     fn command(&self) -> Command {
         // STORM_WRAP="perf record -g -o FILE --" profiles the daemon.
         let wrap = std::env::var("STORM_WRAP").unwrap_or_default();
+        // STORM_BIN=PATH runs another build of the daemon (to compare two builds).
+        let bin = std::env::var("STORM_BIN").unwrap_or_else(|_| BIN.to_owned());
         let mut words = wrap.split_whitespace();
         let mut cmd = match words.next() {
             Some(program) => {
                 let mut c = Command::new(program);
-                c.args(words).arg(BIN);
+                c.args(words).arg(&bin);
                 c
             }
-            None => Command::new(BIN),
+            None => Command::new(&bin),
         };
         cmd.arg("run")
             .arg("--config")
