@@ -17,7 +17,7 @@ use crate::core::recheck::recheck;
 use crate::core::session::{Session, Snapshot};
 use crate::fingerprint::Fingerprinter;
 use crate::metrics::Metrics;
-use crate::providers::{KillOutcome, KillRequest, KillResult, Provider};
+use crate::providers::{KillOutcome, KillRequest, KillResult, Provider, gate};
 
 /// One tick's inputs.
 pub struct Tick<'a> {
@@ -203,25 +203,6 @@ impl Executor {
             return report;
         }
 
-        // Write-ahead: every intent is on disk before any kill is sent.
-        let mut intents = Vec::with_capacity(kills.len());
-        let id_prefix = intent_id_prefix();
-        for &(i, pi) in &kills {
-            let s = &snapshot.sessions[i];
-            let policy = tick.policies[pi];
-            let reason = plan.reason(i, snapshot, tick.policies);
-            let subject = subject(tick.target, policy, s, &mut fp);
-            let mut r = Record::new(Event::Intent, &ts, &subject, reason);
-            r.intent_id = Some(intent_id(&id_prefix));
-            intents.push(r);
-        }
-        let (intents, written) = self.append_keep(intents, true).await;
-        if let Err(e) = written {
-            error!("no kill on {}: {e}", tick.target);
-            report.audit_error = Some(e);
-            report.not_killed += kills.len();
-            return report;
-        }
         let requests: Vec<KillRequest> = kills
             .iter()
             .map(|&(i, pi)| KillRequest {
@@ -250,28 +231,51 @@ impl Executor {
                 transactions,
             )
         };
-        // The snapshot may have aged past its limit while the intents were written.
-        let age = Utc::now() - snapshot.taken_at;
-        let outcomes = match tick.protected.max_snapshot_age {
-            Some(max) if age.to_std().is_ok_and(|a| a > max) => {
-                let why = format!(
-                    "not sent: the snapshot was {} old at kill time, more than max_snapshot_age {}",
-                    crate::core::policy::format_ms(age.num_milliseconds().max(0) as u64),
-                    crate::core::policy::format_duration(max)
-                );
-                requests
-                    .iter()
-                    .map(|_| KillOutcome::without_recheck(KillResult::Changed(why.clone())))
-                    .collect()
+        // Write-ahead: every intent is on disk before any kill is sent. The provider
+        // starts its re-check reads at once; its kills wait at the gate, which opens
+        // once the intents are durable (and the snapshot still young enough, and the
+        // target's lease still held).
+        let (keeper, gate) = gate();
+        let write = async {
+            let mut intents = Vec::with_capacity(kills.len());
+            let id_prefix = intent_id_prefix();
+            for &(i, pi) in &kills {
+                let s = &snapshot.sessions[i];
+                let policy = tick.policies[pi];
+                let reason = plan.reason(i, snapshot, tick.policies);
+                let subject = subject(tick.target, policy, s, &mut fp);
+                let mut r = Record::new(Event::Intent, &ts, &subject, reason);
+                r.intent_id = Some(intent_id(&id_prefix));
+                intents.push(r);
             }
-            _ if !(tick.may_kill)() => {
-                let why = "not sent: this replica no longer holds the target's lease".to_owned();
-                requests
-                    .iter()
-                    .map(|_| KillOutcome::without_recheck(KillResult::Changed(why.clone())))
-                    .collect()
+            let (intents, written) = self.append_keep(intents, true).await;
+            let verdict = match written {
+                Err(e) => Err(Held::Audit(e)),
+                Ok(()) => self.may_send(tick).map_err(Held::NotSent),
+            };
+            match &verdict {
+                Ok(()) => keeper.open(),
+                Err(Held::Audit(e)) => keeper.close(format!("not sent: {e}")),
+                Err(Held::NotSent(why)) => keeper.close(why.clone()),
             }
-            _ => tick.provider.kill(&requests, &check).await,
+            (intents, verdict)
+        };
+        // The provider's future is polled first: its re-check reads are on their way
+        // before the intents are built.
+        let (outcomes, (intents, verdict)) =
+            futures::future::join(tick.provider.kill_after(&requests, &check, &gate), write).await;
+        let outcomes = match verdict {
+            Ok(()) => outcomes,
+            Err(Held::Audit(e)) => {
+                error!("no kill on {}: {e}", tick.target);
+                report.audit_error = Some(e);
+                report.not_killed += kills.len();
+                return report;
+            }
+            Err(Held::NotSent(why)) => requests
+                .iter()
+                .map(|_| KillOutcome::without_recheck(KillResult::Changed(why.clone())))
+                .collect(),
         };
         let done = Utc::now();
         let done_ts = timestamp(done);
@@ -316,6 +320,26 @@ impl Executor {
             report.audit_error = Some(e);
         }
         report
+    }
+
+    /// Whether a run's kills may be sent now that its intents are durable: not when
+    /// the snapshot aged past the target's limit while they were written, nor when
+    /// this replica lost the target's lease. `Err` says why, for every outcome.
+    fn may_send(&self, tick: &Tick<'_>) -> Result<(), String> {
+        let age = Utc::now() - tick.snapshot.taken_at;
+        if let Some(max) = tick.protected.max_snapshot_age
+            && age.to_std().is_ok_and(|a| a > max)
+        {
+            return Err(format!(
+                "not sent: the snapshot was {} old at kill time, more than max_snapshot_age {}",
+                crate::core::policy::format_ms(age.num_milliseconds().max(0) as u64),
+                crate::core::policy::format_duration(max)
+            ));
+        }
+        if !(tick.may_kill)() {
+            return Err("not sent: this replica no longer holds the target's lease".to_owned());
+        }
+        Ok(())
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -419,6 +443,14 @@ impl RunMetrics {
             })
             .inc();
     }
+}
+
+/// Why a run's kills were held at the gate.
+enum Held {
+    /// The intents could not be written: nothing is sent, no outcome is recorded.
+    Audit(String),
+    /// Not to be sent (stale snapshot, lease lost): each outcome says why.
+    NotSent(String),
 }
 
 /// Kills of one run logged one by one; the rest are summed up in one line.

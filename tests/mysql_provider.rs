@@ -11,7 +11,7 @@ use session_reaper::core::policy::Action;
 use session_reaper::core::recheck::{Recheck, recheck};
 use session_reaper::core::session::{Session, Snapshot};
 use session_reaper::metrics::Metrics;
-use session_reaper::providers::{KillRequest, KillResult, Provider, Want};
+use session_reaper::providers::{KillRequest, KillResult, Provider, Want, gate};
 use support::{MariaDb, Setup, wait_until};
 
 fn provider(setup: &Setup, db: &MariaDb, reaper: &support::User) -> Arc<dyn Provider> {
@@ -160,6 +160,89 @@ async fn kill_ends_the_connection_and_reports_gone_for_a_second_try() {
         again.iter().all(|o| o.result == KillResult::Gone),
         "{again:?}"
     );
+}
+
+/// The write-ahead gate: the provider may re-check while the intents are written,
+/// but sends no kill before the gate opens, and none at all when it is closed.
+#[tokio::test(flavor = "multi_thread")]
+async fn kills_wait_at_the_gate_and_a_closed_gate_sends_none() {
+    let db = MariaDb::shared();
+    let setup = Setup::new();
+    let reaper = db.reaper_user().await;
+    let app = db.create_user("gate_app", None).await;
+    let _conns = db.open_idle(&app, 4).await;
+    let p = provider(&setup, db, &reaper);
+    let snap = p.snapshot(&Want::everything()).await.unwrap();
+    let victims = kills_of(&snap, &app.name);
+    assert_eq!(victims.len(), 4);
+
+    let (keeper, held) = gate();
+    keeper.close("not sent: the audit log cannot be written".to_owned());
+    let outcomes = p.kill_after(&victims, &identity, &held).await;
+    assert!(
+        outcomes.iter().all(|o| o.sent_at.is_none()
+            && o.result
+                == KillResult::Failed("not sent: the audit log cannot be written".to_owned())),
+        "{outcomes:?}"
+    );
+    assert_eq!(db.ids_of(&app.name).await.len(), 4, "nothing was killed");
+
+    let (keeper, held) = gate();
+    let opened_at = Arc::new(std::sync::Mutex::new(None));
+    let opener = {
+        let opened_at = opened_at.clone();
+        async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            // Still all alive while the gate is shut.
+            let alive = db.ids_of(&app.name).await.len();
+            *opened_at.lock().unwrap() = Some(std::time::Instant::now());
+            keeper.open();
+            alive
+        }
+    };
+    let (outcomes, alive) =
+        futures::future::join(p.kill_after(&victims, &identity, &held), opener).await;
+    assert_eq!(alive, 4, "no kill was sent before the gate opened");
+    let opened_at = opened_at.lock().unwrap().expect("opened");
+    for o in &outcomes {
+        assert_eq!(o.result, KillResult::Killed, "{outcomes:?}");
+        let (rechecked, sent) = (o.rechecked_at.unwrap(), o.sent_at.unwrap());
+        assert!(rechecked < opened_at, "re-checked while the gate was shut");
+        assert!(sent > opened_at, "sent after it opened");
+    }
+}
+
+/// The pool's other connections open with the first snapshot, so that a kill's
+/// lanes do not connect first; they are ours, so never victims.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_first_snapshot_opens_the_pool() {
+    let db = MariaDb::shared();
+    let setup = Setup::new();
+    let reaper = db
+        .create_user("warm_reaper", Some("PROCESS, CONNECTION ADMIN ON *.*"))
+        .await;
+    let target = setup.mysql_target("db", db, &reaper);
+    let path = setup.config(&format!("targets:\n{target}    pool_size: 3\n"));
+    let config = config::load(&path).expect("valid config");
+    let p = config.targets[0]
+        .factory
+        .build("db", Arc::new(Metrics::new()));
+    let snap = p.snapshot(&Want::everything()).await.unwrap();
+    let ours = db.ids_of(&reaper.name).await;
+    assert_eq!(ours.len(), 3, "the pool's three connections are open");
+    let again = p.snapshot(&Want::everything()).await.unwrap();
+    assert_eq!(
+        db.ids_of(&reaper.name).await,
+        ours,
+        "and reused, not reopened"
+    );
+    for id in &ours {
+        assert!(
+            again.own_connection_ids.contains(id),
+            "{id} is ours: {again:?}"
+        );
+    }
+    drop(snap);
 }
 
 /// Kills go several to a packet; the server stops at the first error and runs none

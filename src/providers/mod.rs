@@ -105,6 +105,52 @@ pub use crate::core::recheck::Recheck;
 /// when it is gone).
 pub type Rechecker<'a> = dyn Fn(&KillRequest, Option<&Session>) -> Recheck + Send + Sync + 'a;
 
+/// Holds a kill's sends until its intents are durable (write-ahead audit, DESIGN.md
+/// invariant 5), so that a provider may start its re-check reads while they are
+/// written: the fsync and the first read overlap, and no kill is sent before the
+/// gate opens. Made by [`gate`]; [`Gate::opened`] for a kill that may go at once.
+#[derive(Debug, Clone)]
+pub struct Gate(tokio::sync::watch::Receiver<Option<Result<(), String>>>);
+
+/// The side of a [`Gate`] that opens or closes it; dropping it closes the gate.
+#[derive(Debug)]
+pub struct GateKeeper(tokio::sync::watch::Sender<Option<Result<(), String>>>);
+
+/// A closed gate and its keeper.
+pub fn gate() -> (GateKeeper, Gate) {
+    let (tx, rx) = tokio::sync::watch::channel(None);
+    (GateKeeper(tx), Gate(rx))
+}
+
+impl Gate {
+    /// A gate that is open already.
+    pub fn opened() -> Gate {
+        let (keeper, gate) = gate();
+        keeper.open();
+        gate
+    }
+
+    /// Waits until the gate opens (`Ok`) or is closed for good (`Err`, with why:
+    /// nothing may be sent then).
+    pub async fn wait(&self) -> Result<(), String> {
+        let mut rx = self.0.clone();
+        match rx.wait_for(Option::is_some).await {
+            Ok(verdict) => verdict.clone().unwrap_or(Ok(())),
+            Err(_) => Err("not sent: the kill was called off".to_owned()),
+        }
+    }
+}
+
+impl GateKeeper {
+    pub fn open(self) {
+        self.0.send_replace(Some(Ok(())));
+    }
+
+    pub fn close(self, why: String) {
+        self.0.send_replace(Some(Err(why)));
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KillResult {
     Killed,
@@ -194,6 +240,24 @@ pub trait Provider: Send + Sync {
     /// Re-checks each request against a fresh read and kills those `recheck`
     /// lets through. One outcome per request, in order.
     async fn kill(&self, requests: &[KillRequest], recheck: &Rechecker<'_>) -> Vec<KillOutcome>;
+
+    /// `kill`, sending nothing before `gate` opens. A provider may read (re-check)
+    /// before it opens; this default waits for the gate first. When the gate is
+    /// closed instead, nothing is sent and every outcome says why.
+    async fn kill_after(
+        &self,
+        requests: &[KillRequest],
+        recheck: &Rechecker<'_>,
+        gate: &Gate,
+    ) -> Vec<KillOutcome> {
+        match gate.wait().await {
+            Ok(()) => self.kill(requests, recheck).await,
+            Err(why) => requests
+                .iter()
+                .map(|_| KillOutcome::without_recheck(KillResult::Failed(why.clone())))
+                .collect(),
+        }
+    }
 }
 
 /// A configured provider: knows its limits and builds the live provider.
@@ -246,4 +310,39 @@ pub fn accounts_of(name: &str) -> &'static [&'static str] {
 
 pub fn names() -> Vec<&'static str> {
     REGISTRY.iter().map(|s| s.name).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_gate_holds_until_it_is_opened_or_closed() {
+        assert_eq!(Gate::opened().wait().await, Ok(()));
+
+        let (keeper, held) = gate();
+        let waiting = tokio::spawn({
+            let held = held.clone();
+            async move { held.wait().await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished(), "a new gate is closed");
+        keeper.open();
+        assert_eq!(waiting.await.unwrap(), Ok(()));
+        assert_eq!(held.wait().await, Ok(()), "and stays open");
+
+        let (keeper, held) = gate();
+        keeper.close("not sent: the audit log cannot be written".to_owned());
+        assert_eq!(
+            held.wait().await,
+            Err("not sent: the audit log cannot be written".to_owned())
+        );
+
+        let (keeper, held) = gate();
+        drop(keeper);
+        assert_eq!(
+            held.wait().await,
+            Err("not sent: the kill was called off".to_owned())
+        );
+    }
 }

@@ -14,6 +14,7 @@
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -25,8 +26,8 @@ use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::Semaphore;
 
 use super::{
-    Capabilities, Factory, KillOutcome, KillRequest, KillResult, Provider, ProviderError, Recheck,
-    Rechecker, Spec, Want,
+    Capabilities, Factory, Gate, KillOutcome, KillRequest, KillResult, Provider, ProviderError,
+    Recheck, Rechecker, Spec, Want,
 };
 use crate::config::secret;
 use crate::config::yaml::Map;
@@ -154,6 +155,7 @@ impl Factory for MysqlFactory {
             pool_size: self.pool_size,
             own_ids: Mutex::new(BTreeSet::new()),
             backoff: Mutex::new(Backoff::default()),
+            warmed: AtomicBool::new(false),
             metrics,
         })
     }
@@ -213,6 +215,8 @@ pub struct MysqlProvider {
     /// Ids of every connection we opened (live or recently closed).
     own_ids: Mutex<BTreeSet<u64>>,
     backoff: Mutex<Backoff>,
+    /// Whether the pool's connections were opened ahead (`warm_up`, once).
+    warmed: AtomicBool,
     metrics: Arc<Metrics>,
 }
 
@@ -409,6 +413,24 @@ impl MysqlProvider {
         }
     }
 
+    /// Opens the connections the pool is missing, each going idle as soon as it is
+    /// open. A failure is not an error here (nothing needs these connections yet):
+    /// it is counted in `provider_requests_total`, and a lane that finds no idle
+    /// connection opens its own, as it would have.
+    async fn warm_up(&self) {
+        let idle = self.idle.lock().map(|v| v.len()).unwrap_or(0);
+        // The snapshot being read holds one permit.
+        let missing = self.permits.available_permits().saturating_sub(idle);
+        futures::future::join_all((0..missing).map(|_| async {
+            if let Ok(conn) = self.connect().await
+                && let Ok(mut idle) = self.idle.lock()
+            {
+                idle.push(conn);
+            }
+        }))
+        .await;
+    }
+
     fn own_ids(&self) -> Vec<u64> {
         self.own_ids
             .lock()
@@ -483,6 +505,7 @@ impl MysqlProvider {
         queue: &Mutex<VecDeque<Batch<'r>>>,
         outcomes: &Mutex<Vec<Option<KillOutcome>>>,
         recheck: &Rechecker<'_>,
+        gate: &Gate,
         failure: &Mutex<Option<String>>,
     ) {
         let set = |i: usize, o: KillOutcome| {
@@ -537,6 +560,19 @@ impl MysqlProvider {
             }
             if send.is_empty() {
                 continue;
+            }
+            // The first batches are re-checked while their intents are written.
+            if let Err(why) = gate.wait().await {
+                for (i, _) in send {
+                    set(
+                        i,
+                        KillOutcome::without_recheck(KillResult::Failed(why.clone())),
+                    );
+                }
+                if let Ok(mut f) = failure.lock() {
+                    *f = Some(why);
+                }
+                return;
             }
             let conn = lease.conn();
             let statements: Vec<String> = send
@@ -680,6 +716,10 @@ impl MysqlProvider {
 /// Requests (with their index) re-checked and killed together.
 type Batch<'r> = Vec<(usize, &'r KillRequest)>;
 
+/// How long the first snapshot waits, once it is read, for the pool's other
+/// connections to finish opening (`warm_up`).
+const WARM_UP_GRACE: Duration = Duration::from_millis(200);
+
 /// At most this many kills go in one packet after one re-check. It bounds the
 /// window between a session's re-check and its kill (a server runs a `KILL` in
 /// tens of microseconds) while keeping re-checks, each a scan of the whole process
@@ -708,7 +748,23 @@ impl Provider for MysqlProvider {
 
     async fn snapshot(&self, want: &Want) -> Result<Snapshot, ProviderError> {
         let taken_at = Utc::now();
-        let (sessions, server, lease) = self.read_sessions(want, None, "snapshot").await?;
+        let read = std::pin::pin!(self.read_sessions(want, None, "snapshot"));
+        let (sessions, server, lease) = if self.warmed.swap(true, Ordering::Relaxed) {
+            read.await?
+        } else {
+            // The pool's other connections open while the first snapshot is read, so
+            // that a storm's kill lanes start at once. When the snapshot is done
+            // first, they get `WARM_UP_GRACE` more; the lanes open what is missing.
+            let warm = std::pin::pin!(self.warm_up());
+            match futures::future::select(read, warm).await {
+                futures::future::Either::Left((read, warm)) => {
+                    let read = read?;
+                    let _ = tokio::time::timeout(WARM_UP_GRACE, warm).await;
+                    read
+                }
+                futures::future::Either::Right(((), read)) => read.await?,
+            }
+        };
         drop(lease);
         Ok(Snapshot {
             format: Snapshot::FORMAT.to_owned(),
@@ -724,6 +780,15 @@ impl Provider for MysqlProvider {
     }
 
     async fn kill(&self, requests: &[KillRequest], recheck: &Rechecker<'_>) -> Vec<KillOutcome> {
+        self.kill_after(requests, recheck, &Gate::opened()).await
+    }
+
+    async fn kill_after(
+        &self,
+        requests: &[KillRequest],
+        recheck: &Rechecker<'_>,
+        gate: &Gate,
+    ) -> Vec<KillOutcome> {
         if requests.is_empty() {
             return Vec::new();
         }
@@ -735,7 +800,7 @@ impl Provider for MysqlProvider {
         let outcomes: Mutex<Vec<Option<KillOutcome>>> = Mutex::new(vec![None; requests.len()]);
         let failure = Mutex::new(None);
         futures::future::join_all(
-            (0..lanes).map(|_| self.kill_lane(&queue, &outcomes, recheck, &failure)),
+            (0..lanes).map(|_| self.kill_lane(&queue, &outcomes, recheck, gate, &failure)),
         )
         .await;
         // Batches left when every lane had stopped on a failure.
