@@ -203,16 +203,23 @@ impl Executor {
             return report;
         }
 
+        // The policies' literal ignored users, for APIs that enforce them too.
+        let ignored: Vec<Vec<String>> = tick
+            .policies
+            .iter()
+            .map(|p| {
+                p.ignored_users
+                    .iter()
+                    .filter_map(|g| g.literal().map(str::to_owned))
+                    .collect()
+            })
+            .collect();
         let requests: Vec<KillRequest> = kills
             .iter()
             .map(|&(i, pi)| KillRequest {
-                session: snapshot.sessions[i].clone(),
+                session: &snapshot.sessions[i],
                 action: tick.policies[pi].action,
-                ignored_users: tick.policies[pi]
-                    .ignored_users
-                    .iter()
-                    .filter_map(|g| g.literal().map(str::to_owned))
-                    .collect(),
+                ignored_users: &ignored[pi],
                 tag: pi,
             })
             .collect();
@@ -222,7 +229,7 @@ impl Executor {
         let transactions = snapshot.transactions;
         let check = move |req: &KillRequest, fresh: Option<&Session>| {
             recheck(
-                &req.session,
+                req.session,
                 fresh,
                 req.action,
                 Some(policies[req.tag]),

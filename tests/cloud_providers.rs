@@ -18,7 +18,7 @@ use support::{MariaDb, Setup, User, wait_until};
 
 fn identity(req: &KillRequest, fresh: Option<&Session>) -> Recheck {
     recheck(
-        &req.session,
+        req.session,
         fresh,
         req.action,
         None,
@@ -70,14 +70,18 @@ fn provider(setup: &Setup, target: &str) -> Arc<dyn Provider> {
         .build(&c.targets[0].name, Arc::new(Metrics::new()))
 }
 
-fn requests(sessions: &[Session], user: &User, ignored: &[&str]) -> Vec<KillRequest> {
+fn requests<'a>(
+    sessions: &'a [Session],
+    user: &User,
+    ignored: &'a [String],
+) -> Vec<KillRequest<'a>> {
     sessions
         .iter()
         .filter(|s| s.user.as_deref() == Some(user.name.as_str()))
         .map(|s| KillRequest {
-            session: s.clone(),
+            session: s,
             action: Action::Kill,
-            ignored_users: ignored.iter().map(|s| (*s).to_owned()).collect(),
+            ignored_users: ignored,
             tag: 0,
         })
         .collect()
@@ -135,10 +139,15 @@ async fn alibaba_kill_task_outcomes_come_from_each_session_reason() {
     let _e = db.open_idle(&etl, 1).await;
     let p = provider(&setup, &alibaba_target(&setup, &fake, ""));
     let snap = p.snapshot(&Want::everything()).await.unwrap();
-    let mut reqs = requests(&snap.sessions, &app, &[&etl.name]);
-    reqs.extend(requests(&snap.sessions, &etl, &[&etl.name]));
-    let mut gone = reqs[0].clone();
-    gone.session.id = 999_999_999;
+    let ignored = [etl.name.clone()];
+    let mut reqs = requests(&snap.sessions, &app, &ignored);
+    reqs.extend(requests(&snap.sessions, &etl, &ignored));
+    let mut gone_session = reqs[0].session.clone();
+    gone_session.id = 999_999_999;
+    let gone = KillRequest {
+        session: &gone_session,
+        ..reqs[0].clone()
+    };
     reqs.push(gone);
     let out = p.kill(&reqs, &identity).await;
     assert_eq!(out[0].result, KillResult::Killed);
@@ -393,7 +402,9 @@ async fn tencent_recheck_spares_a_session_that_changed_hands() {
     let p = provider(&setup, &tencent_target(&setup, &fake, ""));
     let snap = p.snapshot(&Want::everything()).await.unwrap();
     let mut reqs = requests(&snap.sessions, &other, &[]);
-    reqs[0].session.user = Some("app".to_owned());
+    let mut planned = reqs[0].session.clone();
+    planned.user = Some("app".to_owned());
+    reqs[0].session = &planned;
     let out = p.kill(&reqs, &identity).await;
     assert!(
         matches!(&out[0].result, KillResult::Changed(_) | KillResult::Gone),

@@ -25,7 +25,7 @@ fn provider(setup: &Setup, db: &MariaDb, reaper: &support::User) -> Arc<dyn Prov
 
 fn identity(req: &KillRequest, fresh: Option<&Session>) -> Recheck {
     recheck(
-        &req.session,
+        req.session,
         fresh,
         req.action,
         None,
@@ -36,14 +36,14 @@ fn identity(req: &KillRequest, fresh: Option<&Session>) -> Recheck {
 }
 
 /// A `KILL CONNECTION` request for every session of `user`.
-fn kills_of(snap: &Snapshot, user: &str) -> Vec<KillRequest> {
+fn kills_of<'a>(snap: &'a Snapshot, user: &str) -> Vec<KillRequest<'a>> {
     snap.sessions
         .iter()
         .filter(|s| s.user.as_deref() == Some(user))
         .map(|s| KillRequest {
-            session: s.clone(),
+            session: s,
             action: Action::Kill,
-            ignored_users: Vec::new(),
+            ignored_users: &[],
             tag: 0,
         })
         .collect()
@@ -269,8 +269,12 @@ async fn kills_after_a_failed_one_in_the_same_packet_are_sent_again() {
     assert_eq!(victims.len(), 4);
     // Second in the packet: an id no session has, which the re-check below lets
     // through, so that its KILL fails (ER_NO_SUCH_THREAD) with kills after it.
-    let mut ghost = victims[0].clone();
-    ghost.session.id = 4_000_000_000;
+    let mut ghost_session = victims[0].session.clone();
+    ghost_session.id = 4_000_000_000;
+    let ghost = KillRequest {
+        session: &ghost_session,
+        ..victims[0].clone()
+    };
     victims.insert(1, ghost);
     let sent_ghost = std::sync::atomic::AtomicUsize::new(0);
     let check = |req: &KillRequest, fresh: Option<&Session>| {
@@ -334,9 +338,9 @@ async fn kill_is_skipped_when_the_id_now_belongs_to_another_user() {
     let outcomes = p
         .kill(
             &[KillRequest {
-                session: planned,
+                session: &planned,
                 action: Action::Kill,
-                ignored_users: Vec::new(),
+                ignored_users: &[],
                 tag: 0,
             }],
             &identity,
@@ -384,9 +388,9 @@ async fn kill_query_on_mariadb_ends_only_the_matched_statement() {
     let out = p
         .kill(
             &[KillRequest {
-                session: session.clone(),
+                session: &session,
                 action: Action::KillQuery,
-                ignored_users: Vec::new(),
+                ignored_users: &[],
                 tag: 0,
             }],
             &identity,
@@ -409,9 +413,9 @@ async fn kill_query_on_mariadb_ends_only_the_matched_statement() {
     let out = p
         .kill(
             &[KillRequest {
-                session,
+                session: &session,
                 action: Action::KillQuery,
-                ignored_users: Vec::new(),
+                ignored_users: &[],
                 tag: 0,
             }],
             &identity,

@@ -483,7 +483,7 @@ impl Provider for AlibabaProvider {
         // re-check sees the planned row and keeps only its protections.
         let mut outcomes: Vec<Option<KillOutcome>> = requests
             .iter()
-            .map(|r| match recheck(r, Some(&r.session)) {
+            .map(|r| match recheck(r, Some(r.session)) {
                 Recheck::Proceed => None,
                 Recheck::Gone => Some(KillOutcome::without_recheck(KillResult::Gone)),
                 Recheck::Changed(why) => {

@@ -90,11 +90,12 @@ impl Want {
 
 /// One session to kill, as the plan saw it.
 #[derive(Debug, Clone)]
-pub struct KillRequest {
-    pub session: Session,
+pub struct KillRequest<'a> {
+    /// The session as the plan saw it (borrowed from the snapshot).
+    pub session: &'a Session,
     pub action: Action,
     /// The (literal) ignored users of the policy, for APIs that enforce them too.
-    pub ignored_users: Vec<String>,
+    pub ignored_users: &'a [String],
     /// The caller's own reference (which policy); providers pass it back untouched.
     pub tag: usize,
 }
@@ -103,7 +104,7 @@ pub use crate::core::recheck::Recheck;
 
 /// Called by a provider with each request and the session's fresh row (`None`
 /// when it is gone).
-pub type Rechecker<'a> = dyn Fn(&KillRequest, Option<&Session>) -> Recheck + Send + Sync + 'a;
+pub type Rechecker<'a> = dyn Fn(&KillRequest<'_>, Option<&Session>) -> Recheck + Send + Sync + 'a;
 
 /// Holds a kill's sends until its intents are durable (write-ahead audit, DESIGN.md
 /// invariant 5), so that a provider may start its re-check reads while they are

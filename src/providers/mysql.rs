@@ -714,7 +714,7 @@ impl MysqlProvider {
 }
 
 /// Requests (with their index) re-checked and killed together.
-type Batch<'r> = Vec<(usize, &'r KillRequest)>;
+type Batch<'r> = Vec<(usize, &'r KillRequest<'r>)>;
 
 /// How long the first snapshot waits, once it is read, for the pool's other
 /// connections to finish opening (`warm_up`).
@@ -1054,12 +1054,14 @@ mod tests {
             template_id: None,
             node: None,
         };
-        let req = |s: &Session, action| KillRequest {
-            session: s.clone(),
-            action,
-            ignored_users: Vec::new(),
-            tag: 0,
-        };
+        fn req(s: &Session, action: Action) -> KillRequest<'_> {
+            KillRequest {
+                session: s,
+                action,
+                ignored_users: &[],
+                tag: 0,
+            }
+        }
         assert_eq!(
             kill_statement(Flavour::MariaDb, &req(&s, Action::KillQuery)),
             "KILL QUERY ID 99"
