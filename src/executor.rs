@@ -258,7 +258,7 @@ impl Executor {
             let (intents, written) = self.append_keep(intents, true).await;
             let verdict = match written {
                 Err(e) => Err(Held::Audit(e)),
-                Ok(()) => self.may_send(tick).map_err(Held::NotSent),
+                Ok(()) => may_send(tick).map_err(Held::NotSent),
             };
             match &verdict {
                 Ok(()) => keeper.open(),
@@ -327,26 +327,6 @@ impl Executor {
             report.audit_error = Some(e);
         }
         report
-    }
-
-    /// Whether a run's kills may be sent now that its intents are durable: not when
-    /// the snapshot aged past the target's limit while they were written, nor when
-    /// this replica lost the target's lease. `Err` says why, for every outcome.
-    fn may_send(&self, tick: &Tick<'_>) -> Result<(), String> {
-        let age = Utc::now() - tick.snapshot.taken_at;
-        if let Some(max) = tick.protected.max_snapshot_age
-            && age.to_std().is_ok_and(|a| a > max)
-        {
-            return Err(format!(
-                "not sent: the snapshot was {} old at kill time, more than max_snapshot_age {}",
-                crate::core::policy::format_ms(age.num_milliseconds().max(0) as u64),
-                crate::core::policy::format_duration(max)
-            ));
-        }
-        if !(tick.may_kill)() {
-            return Err("not sent: this replica no longer holds the target's lease".to_owned());
-        }
-        Ok(())
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -450,6 +430,26 @@ impl RunMetrics {
             })
             .inc();
     }
+}
+
+/// Whether a run's kills may be sent now that its intents are durable: not when
+/// the snapshot aged past the target's limit while they were written, nor when
+/// this replica lost the target's lease. `Err` says why, for every outcome.
+fn may_send(tick: &Tick<'_>) -> Result<(), String> {
+    let age = Utc::now() - tick.snapshot.taken_at;
+    if let Some(max) = tick.protected.max_snapshot_age
+        && age.to_std().is_ok_and(|a| a > max)
+    {
+        return Err(format!(
+            "not sent: the snapshot was {} old at kill time, more than max_snapshot_age {}",
+            crate::core::policy::format_ms(age.num_milliseconds().max(0) as u64),
+            crate::core::policy::format_duration(max)
+        ));
+    }
+    if !(tick.may_kill)() {
+        return Err("not sent: this replica no longer holds the target's lease".to_owned());
+    }
+    Ok(())
 }
 
 /// Why a run's kills were held at the gate.
