@@ -163,7 +163,8 @@ async fn kill_ends_the_connection_and_reports_gone_for_a_second_try() {
 }
 
 /// The write-ahead gate: the provider may re-check while the intents are written,
-/// but sends no kill before the gate opens, and none at all when it is closed.
+/// but sends no kill before the gate opens, and none at all when it is closed. A
+/// re-check that waited long at the gate is done again after it opens.
 #[tokio::test(flavor = "multi_thread")]
 async fn kills_wait_at_the_gate_and_a_closed_gate_sends_none() {
     let db = MariaDb::shared();
@@ -188,27 +189,39 @@ async fn kills_wait_at_the_gate_and_a_closed_gate_sends_none() {
     assert_eq!(db.ids_of(&app.name).await.len(), 4, "nothing was killed");
 
     let (keeper, held) = gate();
-    let opened_at = Arc::new(std::sync::Mutex::new(None));
-    let opener = {
-        let opened_at = opened_at.clone();
-        async move {
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            // Still all alive while the gate is shut.
-            let alive = db.ids_of(&app.name).await.len();
-            *opened_at.lock().unwrap() = Some(std::time::Instant::now());
-            keeper.open();
-            alive
-        }
+    let rechecks = std::sync::atomic::AtomicUsize::new(0);
+    let counting = |req: &KillRequest, fresh: Option<&Session>| {
+        rechecks.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        identity(req, fresh)
     };
-    let (outcomes, alive) =
-        futures::future::join(p.kill_after(&victims, &identity, &held), opener).await;
+    let opened_at = std::sync::Mutex::new(None);
+    let opener = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        // Still all alive while the gate is shut, and already re-checked.
+        let alive = db.ids_of(&app.name).await.len();
+        let before = rechecks.load(std::sync::atomic::Ordering::SeqCst);
+        *opened_at.lock().unwrap() = Some(std::time::Instant::now());
+        keeper.open();
+        (alive, before)
+    };
+    let (outcomes, (alive, before)) =
+        futures::future::join(p.kill_after(&victims, &counting, &held), opener).await;
     assert_eq!(alive, 4, "no kill was sent before the gate opened");
+    assert_eq!(
+        before, 4,
+        "every victim was re-checked while the gate was shut"
+    );
+    assert_eq!(
+        rechecks.load(std::sync::atomic::Ordering::SeqCst),
+        8,
+        "and again after waiting 300 ms at it"
+    );
     let opened_at = opened_at.lock().unwrap().expect("opened");
     for o in &outcomes {
         assert_eq!(o.result, KillResult::Killed, "{outcomes:?}");
         let (rechecked, sent) = (o.rechecked_at.unwrap(), o.sent_at.unwrap());
-        assert!(rechecked < opened_at, "re-checked while the gate was shut");
-        assert!(sent > opened_at, "sent after it opened");
+        assert!(rechecked > opened_at, "the re-check kept is the one after");
+        assert!(sent > rechecked, "sent after it");
     }
 }
 

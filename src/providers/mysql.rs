@@ -561,7 +561,9 @@ impl MysqlProvider {
             if send.is_empty() {
                 continue;
             }
-            // The first batches are re-checked while their intents are written.
+            // The first batches are re-checked while their intents are written. A
+            // re-check that waited long at the gate (a slow fsync) is done again, so
+            // that the window between re-check and kill stays what it is without it.
             if let Err(why) = gate.wait().await {
                 for (i, _) in send {
                     set(
@@ -573,6 +575,12 @@ impl MysqlProvider {
                     *f = Some(why);
                 }
                 return;
+            }
+            if rechecked_at.elapsed() > GATE_RECHECK_AFTER
+                && let Ok(mut q) = queue.lock()
+            {
+                q.push_front(send);
+                continue;
             }
             let conn = lease.conn();
             let statements: Vec<String> = send
@@ -715,6 +723,10 @@ impl MysqlProvider {
 
 /// Requests (with their index) re-checked and killed together.
 type Batch<'r> = Vec<(usize, &'r KillRequest<'r>)>;
+
+/// A batch whose re-check is older than this when the gate opens is re-checked
+/// again before its kills are sent (the intents' fsync took longer than the read).
+const GATE_RECHECK_AFTER: Duration = Duration::from_millis(10);
 
 /// How long the first snapshot waits, once it is read, for the pool's other
 /// connections to finish opening (`warm_up`).
