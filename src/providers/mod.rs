@@ -113,7 +113,8 @@ pub type Rechecker<'a> = dyn Fn(&KillRequest<'_>, Option<&Session>) -> Recheck +
 #[derive(Debug, Clone)]
 pub struct Gate(tokio::sync::watch::Receiver<Option<Result<(), String>>>);
 
-/// The side of a [`Gate`] that opens or closes it; dropping it closes the gate.
+/// The side of a [`Gate`] that opens or closes it; dropping it unopened closes the
+/// gate.
 #[derive(Debug)]
 pub struct GateKeeper(tokio::sync::watch::Sender<Option<Result<(), String>>>);
 
