@@ -513,6 +513,18 @@ impl MysqlProvider {
                 out[i] = Some(o);
             }
         };
+        // This lane stops: the batch it holds is not sent, and says why.
+        let give_up = |batch: Batch<'r>, why: String| {
+            for (i, _) in batch {
+                set(
+                    i,
+                    KillOutcome::without_recheck(KillResult::Failed(why.clone())),
+                );
+            }
+            if let Ok(mut f) = failure.lock() {
+                *f = Some(why);
+            }
+        };
         loop {
             let Some(batch) = queue.lock().ok().and_then(|mut q| q.pop_front()) else {
                 return;
@@ -524,16 +536,7 @@ impl MysqlProvider {
             {
                 Ok(x) => x,
                 Err(e) => {
-                    let why = format!("not sent: the re-check failed: {e}");
-                    for (i, _) in batch {
-                        set(
-                            i,
-                            KillOutcome::without_recheck(KillResult::Failed(why.clone())),
-                        );
-                    }
-                    if let Ok(mut f) = failure.lock() {
-                        *f = Some(why);
-                    }
+                    give_up(batch, format!("not sent: the re-check failed: {e}"));
                     return;
                 }
             };
@@ -565,15 +568,7 @@ impl MysqlProvider {
             // re-check that waited long at the gate (a slow fsync) is done again, so
             // that the window between re-check and kill stays what it is without it.
             if let Err(why) = gate.wait().await {
-                for (i, _) in send {
-                    set(
-                        i,
-                        KillOutcome::without_recheck(KillResult::Failed(why.clone())),
-                    );
-                }
-                if let Ok(mut f) = failure.lock() {
-                    *f = Some(why);
-                }
+                give_up(send, why);
                 return;
             }
             if rechecked_at.elapsed() > GATE_RECHECK_AFTER
