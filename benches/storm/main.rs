@@ -802,6 +802,16 @@ async fn stop(child: std::process::Child) -> Duration {
         let tv = |t: libc::timeval| {
             Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64)
         };
+        if std::env::var_os("STORM_VERBOSE").is_some() {
+            println!(
+                "  pid {pid}: user {:.1} ms, system {:.1} ms, {} voluntary and {} involuntary context switches, {} minor faults",
+                tv(usage.ru_utime).as_secs_f64() * 1e3,
+                tv(usage.ru_stime).as_secs_f64() * 1e3,
+                usage.ru_nvcsw,
+                usage.ru_nivcsw,
+                usage.ru_minflt
+            );
+        }
         tv(usage.ru_utime) + tv(usage.ru_stime)
     })
     .await
