@@ -209,6 +209,12 @@ impl MariaDb {
         false
     }
 
+    /// The server's process id, when this process started it.
+    #[allow(dead_code)]
+    pub fn pid(&self) -> Option<u32> {
+        self.child.lock().ok()?.as_ref().map(Child::id)
+    }
+
     pub fn addr(&self) -> String {
         format!("127.0.0.1:{}", self.port)
     }
