@@ -17,7 +17,7 @@ use crate::core::recheck::recheck;
 use crate::core::session::{Session, Snapshot};
 use crate::fingerprint::Fingerprinter;
 use crate::metrics::Metrics;
-use crate::providers::{KillOutcome, KillRequest, KillResult, Provider, gate};
+use crate::providers::{KillOutcome, KillRequest, KillResult, Needs, Provider, gate};
 
 /// One tick's inputs.
 pub struct Tick<'a> {
@@ -214,12 +214,18 @@ impl Executor {
                     .collect()
             })
             .collect();
+        let needs: Vec<Needs> = tick
+            .policies
+            .iter()
+            .map(|p| Needs::of(p, snapshot.transactions))
+            .collect();
         let requests: Vec<KillRequest> = kills
             .iter()
             .map(|&(i, pi)| KillRequest {
                 session: &snapshot.sessions[i],
                 action: tick.policies[pi].action,
                 ignored_users: &ignored[pi],
+                needs: needs[pi],
                 tag: pi,
             })
             .collect();

@@ -12,7 +12,7 @@ use session_reaper::core::policy::Action;
 use session_reaper::core::recheck::{Recheck, recheck};
 use session_reaper::core::session::Session;
 use session_reaper::metrics::Metrics;
-use session_reaper::providers::{KillRequest, KillResult, Provider, Want};
+use session_reaper::providers::{KillRequest, KillResult, Needs, Provider, Want};
 use support::fakes::{self, Fake, Fault};
 use support::{MariaDb, Setup, User, wait_until};
 
@@ -82,6 +82,7 @@ fn requests<'a>(
             session: s,
             action: Action::Kill,
             ignored_users: ignored,
+            needs: Needs::default(),
             tag: 0,
         })
         .collect()

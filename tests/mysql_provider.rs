@@ -11,7 +11,7 @@ use session_reaper::core::policy::Action;
 use session_reaper::core::recheck::{Recheck, recheck};
 use session_reaper::core::session::{Session, Snapshot};
 use session_reaper::metrics::Metrics;
-use session_reaper::providers::{KillRequest, KillResult, Provider, Want, gate};
+use session_reaper::providers::{KillRequest, KillResult, Needs, Provider, Want, gate};
 use support::{MariaDb, Setup, wait_until};
 
 fn provider(setup: &Setup, db: &MariaDb, reaper: &support::User) -> Arc<dyn Provider> {
@@ -44,6 +44,7 @@ fn kills_of<'a>(snap: &'a Snapshot, user: &str) -> Vec<KillRequest<'a>> {
             session: s,
             action: Action::Kill,
             ignored_users: &[],
+            needs: Needs::default(),
             tag: 0,
         })
         .collect()
@@ -111,6 +112,147 @@ async fn snapshot_reads_mariadb_millisecond_times_query_ids_and_transactions() {
             s.id
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_recheck_reads_the_statement_and_the_transaction_only_when_a_request_needs_them() {
+    let db = MariaDb::shared();
+    let setup = Setup::new();
+    let reaper = db.reaper_user().await;
+    let app = db.create_user("needs_app", None).await;
+    let dbname = db.create_db("needs", &[&app]).await;
+    let mut busy = db.connect(&app.name, &app.password).await.unwrap();
+    busy.query_drop("START TRANSACTION WITH CONSISTENT SNAPSHOT")
+        .await
+        .unwrap();
+    busy.query_drop(format!(
+        "SELECT * FROM `{dbname}`.t WHERE id = 1 FOR UPDATE"
+    ))
+    .await
+    .unwrap();
+    let running = tokio::spawn(async move {
+        let r: mysql_async::Result<Vec<u64>> = busy.query("SELECT SLEEP(30)").await;
+        (r, busy)
+    });
+    let p = provider(&setup, db, &reaper);
+    // Found without reading transactions: polling INNODB_TRX this often would keep
+    // InnoDB from refreshing it (for the other tests too).
+    let mut target = None;
+    for _ in 0..250 {
+        let snap = p.snapshot(&Want::default()).await.unwrap();
+        target = snap
+            .sessions
+            .iter()
+            .find(|s| s.user.as_deref() == Some(app.name.as_str()) && s.command == "Query")
+            .cloned();
+        if target.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let session = target.expect("the statement runs");
+    // The fresh rows the re-check is given; nothing is sent (the verdict is `changed`).
+    let seen = std::sync::Mutex::new(Vec::new());
+    let record = |_: &KillRequest, fresh: Option<&Session>| {
+        let fresh = fresh.expect("the session is listed");
+        seen.lock()
+            .unwrap()
+            .push((fresh.sql.is_some(), fresh.trx.is_some()));
+        Recheck::Changed("looked only".to_owned())
+    };
+    for needs in [
+        Needs::default(),
+        Needs {
+            sql: true,
+            transactions: false,
+        },
+        Needs {
+            sql: false,
+            transactions: true,
+        },
+        Needs {
+            sql: true,
+            transactions: true,
+        },
+    ] {
+        let request = KillRequest {
+            session: &session,
+            action: Action::Kill,
+            ignored_users: &[],
+            needs,
+            tag: 0,
+        };
+        let out = p.kill(&[request], &record).await;
+        assert!(matches!(out[0].result, KillResult::Changed(_)), "{out:?}");
+        assert!(out[0].sent_at.is_none(), "nothing was sent");
+    }
+    assert_eq!(
+        *seen.lock().unwrap(),
+        vec![(false, false), (true, false), (false, true), (true, true)],
+        "(statement, transaction) read by each re-check"
+    );
+    assert_eq!(db.ids_of(&app.name).await, vec![session.id], "not killed");
+    let end = KillRequest {
+        session: &session,
+        action: Action::Kill,
+        ignored_users: &[],
+        needs: Needs::default(),
+        tag: 0,
+    };
+    assert_eq!(
+        p.kill(&[end], &identity).await[0].result,
+        KillResult::Killed
+    );
+    let (result, _) = tokio::time::timeout(Duration::from_secs(10), running)
+        .await
+        .expect("the connection ended")
+        .unwrap();
+    assert!(result.is_err(), "{result:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_recheck_sees_a_transaction_that_ended_after_the_snapshot() {
+    let db = MariaDb::shared();
+    let setup = Setup::new();
+    let reaper = db.reaper_user().await;
+    let app = db.create_user("trx_end_app", None).await;
+    let mut conn = db.connect(&app.name, &app.password).await.unwrap();
+    conn.query_drop("START TRANSACTION WITH CONSISTENT SNAPSHOT")
+        .await
+        .unwrap();
+    let p = provider(&setup, db, &reaper);
+    let snap = p.snapshot(&Want::everything()).await.unwrap();
+    let session = snap
+        .sessions
+        .iter()
+        .find(|s| s.user.as_deref() == Some(app.name.as_str()))
+        .expect("listed");
+    assert!(session.trx.is_some(), "{session:?}");
+    // It commits right after the snapshot: InnoDB's cache of INNODB_TRX, read by the
+    // snapshot a moment ago, still lists it; the re-check must not see that copy.
+    conn.query_drop("COMMIT").await.unwrap();
+    let seen = std::sync::Mutex::new(None);
+    let record = |_: &KillRequest, fresh: Option<&Session>| {
+        *seen.lock().unwrap() = Some(fresh.expect("listed").trx.is_some());
+        Recheck::Changed("looked only".to_owned())
+    };
+    let request = KillRequest {
+        session,
+        action: Action::Kill,
+        ignored_users: &[],
+        needs: Needs {
+            sql: false,
+            transactions: true,
+        },
+        tag: 0,
+    };
+    let out = p.kill(&[request], &record).await;
+    assert!(out[0].sent_at.is_none(), "nothing was sent");
+    assert_eq!(
+        *seen.lock().unwrap(),
+        Some(false),
+        "the re-check read the transaction as ended"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -354,6 +496,7 @@ async fn kill_is_skipped_when_the_id_now_belongs_to_another_user() {
                 session: &planned,
                 action: Action::Kill,
                 ignored_users: &[],
+                needs: Needs::default(),
                 tag: 0,
             }],
             &identity,
@@ -404,6 +547,10 @@ async fn kill_query_on_mariadb_ends_only_the_matched_statement() {
                 session: &session,
                 action: Action::KillQuery,
                 ignored_users: &[],
+                needs: Needs {
+                    sql: true,
+                    transactions: false,
+                },
                 tag: 0,
             }],
             &identity,
@@ -429,6 +576,10 @@ async fn kill_query_on_mariadb_ends_only_the_matched_statement() {
                 session: &session,
                 action: Action::KillQuery,
                 ignored_users: &[],
+                needs: Needs {
+                    sql: true,
+                    transactions: false,
+                },
                 tag: 0,
             }],
             &identity,

@@ -66,7 +66,11 @@ impl Want {
                     .then_some(first)
             };
         Want {
-            sql: policies.iter().any(|p| p.matcher.needs_sql()),
+            // A `kill-query` re-check compares the statement where the server has
+            // no query id (MySQL): the snapshot must carry it to compare with.
+            sql: policies
+                .iter()
+                .any(|p| p.matcher.needs_sql() || p.action == Action::KillQuery),
             transactions: policies.iter().any(|p| p.matcher.needs_transactions()),
             user: shared(&|m| match m.user.as_slice() {
                 [one] if m.not_user.is_empty() => one.literal().map(str::to_owned),
@@ -96,8 +100,44 @@ pub struct KillRequest<'a> {
     pub action: Action,
     /// The (literal) ignored users of the policy, for APIs that enforce them too.
     pub ignored_users: &'a [String],
+    /// What the re-check compares beyond the session's identity, command, time,
+    /// state and database: a re-check read may leave out what no request needs.
+    pub needs: Needs,
     /// The caller's own reference (which policy); providers pass it back untouched.
     pub tag: usize,
+}
+
+/// The parts of a fresh row a kill's re-check compares only for some policies.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Needs {
+    /// The statement text (a policy on `sql` or `sql_template`, or a `kill-query`,
+    /// which must hit the statement that was matched).
+    pub sql: bool,
+    /// The open transaction (a policy on `in_transaction` or `min_trx_time`).
+    pub transactions: bool,
+}
+
+impl Needs {
+    /// What re-checking a kill of `policy` compares; `transactions` says whether the
+    /// snapshot reported transactions (without them, such a policy matches nothing).
+    pub fn of(policy: &crate::core::policy::Policy, transactions: bool) -> Needs {
+        Needs {
+            sql: policy.matcher.needs_sql() || policy.action == Action::KillQuery,
+            transactions: transactions && policy.matcher.needs_transactions(),
+        }
+    }
+
+    /// What a read re-checking all of `needs` must fetch.
+    pub fn want(needs: impl IntoIterator<Item = Needs>) -> Want {
+        let (sql, transactions) = needs.into_iter().fold((false, false), |(s, t), n| {
+            (s || n.sql, t || n.transactions)
+        });
+        Want {
+            sql,
+            transactions,
+            ..Want::default()
+        }
+    }
 }
 
 pub use crate::core::recheck::Recheck;
@@ -317,6 +357,38 @@ pub fn names() -> Vec<&'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::plan::manual_policy;
+
+    #[test]
+    fn a_recheck_needs_the_statement_and_transaction_only_where_a_policy_compares_them() {
+        let idle = manual_policy(Action::Kill, &[]);
+        let mut template = manual_policy(Action::Kill, &[]);
+        template.matcher.sql_template = vec!["select sleep(?)".to_owned()];
+        let query = manual_policy(Action::KillQuery, &[]);
+        let mut long_trx = manual_policy(Action::Kill, &[]);
+        long_trx.matcher.min_trx_time = Some(Duration::from_secs(30));
+        let needs = |p: &crate::core::policy::Policy, trx: bool| {
+            let n = Needs::of(p, trx);
+            (n.sql, n.transactions)
+        };
+        assert_eq!(needs(&idle, true), (false, false));
+        assert_eq!(needs(&template, true), (true, false));
+        assert_eq!(needs(&query, true), (true, false), "kill-query compares it");
+        assert_eq!(needs(&long_trx, true), (false, true));
+        assert_eq!(
+            needs(&long_trx, false),
+            (false, false),
+            "a snapshot without transactions matched none: nothing to compare"
+        );
+        let want = Needs::want([Needs::of(&idle, true), Needs::of(&long_trx, true)]);
+        assert_eq!((want.sql, want.transactions), (false, true));
+        assert_eq!(Needs::want([]), Want::default());
+
+        // The snapshot carries what the re-check compares with.
+        assert!(!Want::for_policies(&[&idle]).sql);
+        assert!(Want::for_policies(&[&idle, &query]).sql);
+        assert!(Want::for_policies(&[&long_trx]).transactions);
+    }
 
     #[tokio::test]
     async fn a_gate_holds_until_it_is_opened_or_closed() {

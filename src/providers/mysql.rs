@@ -26,8 +26,8 @@ use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::Semaphore;
 
 use super::{
-    Capabilities, Factory, Gate, KillOutcome, KillRequest, KillResult, Provider, ProviderError,
-    Recheck, Rechecker, Spec, Want,
+    Capabilities, Factory, Gate, KillOutcome, KillRequest, KillResult, Needs, Provider,
+    ProviderError, Recheck, Rechecker, Spec, Want,
 };
 use crate::config::secret;
 use crate::config::yaml::Map;
@@ -446,6 +446,16 @@ impl MysqlProvider {
         only_ids: Option<&[u64]>,
         operation: &'static str,
     ) -> Result<(Vec<Session>, ServerInfo, Lease<'_>), ProviderError> {
+        let trx_key = (self.opts.ip_or_hostname().to_owned(), self.opts.tcp_port());
+        if want.transactions {
+            let last = TRX_READS
+                .lock()
+                .ok()
+                .and_then(|reads| reads.get(&trx_key).copied());
+            if let Some(last) = last {
+                tokio::time::sleep_until((last + TRX_READ_SPACING).into()).await;
+            }
+        }
         let mut attempt = 0;
         loop {
             let mut lease = self.lease().await?;
@@ -469,6 +479,11 @@ impl MysqlProvider {
                     }),
             )
             .await;
+            if want.transactions
+                && let Ok(mut reads) = TRX_READS.lock()
+            {
+                reads.insert(trx_key.clone(), Instant::now());
+            }
             match result {
                 Ok(Ok(sessions)) => {
                     self.metrics.provider_request("mysql", operation, "ok");
@@ -530,9 +545,10 @@ impl MysqlProvider {
                 return;
             };
             let ids: Vec<u64> = batch.iter().map(|(_, r)| r.session.id).collect();
-            let (fresh, _, mut lease) = match self
-                .read_sessions(&Want::everything(), Some(&ids), "recheck")
-                .await
+            // Each re-check read lists every session on the server (the process list
+            // has no index): what no request compares is left out of it.
+            let want = Needs::want(batch.iter().map(|(_, r)| r.needs));
+            let (fresh, _, mut lease) = match self.read_sessions(&want, Some(&ids), "recheck").await
             {
                 Ok(x) => x,
                 Err(e) => {
@@ -726,6 +742,18 @@ const GATE_RECHECK_AFTER: Duration = Duration::from_millis(10);
 /// How long the first snapshot waits, once it is read, for the pool's other
 /// connections to finish opening (`warm_up`).
 const WARM_UP_GRACE: Duration = Duration::from_millis(200);
+
+/// InnoDB serves `INNODB_TRX` from a cache it refreshes only when the table was not
+/// read in the last 100 ms (every read restarts that clock, whoever reads): reads
+/// closer together than that see the same transactions, however old. Our reads of
+/// it (snapshots and re-checks of transaction policies) keep this far apart, so a
+/// re-check sees the transactions of its own moment, not the snapshot's.
+const TRX_READ_SPACING: Duration = Duration::from_millis(110);
+
+/// When this process last read `INNODB_TRX` of each server (host, port): every
+/// target and tool on one server shares that server's cache.
+static TRX_READS: std::sync::LazyLock<Mutex<HashMap<(String, u16), Instant>>> =
+    std::sync::LazyLock::new(Default::default);
 
 /// At most this many kills go in one packet after one re-check. It bounds the
 /// window between a session's re-check and its kill (a server runs a `KILL` in
@@ -1066,6 +1094,7 @@ mod tests {
                 session: s,
                 action,
                 ignored_users: &[],
+                needs: Needs::default(),
                 tag: 0,
             }
         }
