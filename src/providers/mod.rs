@@ -65,13 +65,12 @@ impl Want {
                     .all(|v| v.as_deref() == Some(first.as_str()))
                     .then_some(first)
             };
+        // The snapshot carries what the policies' re-checks compare with (for
+        // `kill-query` on MySQL, which has no query id, the statement).
+        let fields = Needs::want(policies.iter().map(|p| Needs::of(p, true)));
         Want {
-            // A `kill-query` re-check compares the statement where the server has
-            // no query id (MySQL): the snapshot must carry it to compare with.
-            sql: policies
-                .iter()
-                .any(|p| p.matcher.needs_sql() || p.action == Action::KillQuery),
-            transactions: policies.iter().any(|p| p.matcher.needs_transactions()),
+            sql: fields.sql,
+            transactions: fields.transactions,
             user: shared(&|m| match m.user.as_slice() {
                 [one] if m.not_user.is_empty() => one.literal().map(str::to_owned),
                 _ => None,

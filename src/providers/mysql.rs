@@ -446,12 +446,14 @@ impl MysqlProvider {
         only_ids: Option<&[u64]>,
         operation: &'static str,
     ) -> Result<(Vec<Session>, ServerInfo, Lease<'_>), ProviderError> {
-        let trx_key = (self.opts.ip_or_hostname().to_owned(), self.opts.tcp_port());
-        if want.transactions {
+        let trx_key = want
+            .transactions
+            .then(|| (self.opts.ip_or_hostname().to_owned(), self.opts.tcp_port()));
+        if let Some(key) = &trx_key {
             let last = TRX_READS
                 .lock()
                 .ok()
-                .and_then(|reads| reads.get(&trx_key).copied());
+                .and_then(|reads| reads.get(key).copied());
             if let Some(last) = last {
                 tokio::time::sleep_until((last + TRX_READ_SPACING).into()).await;
             }
@@ -479,10 +481,10 @@ impl MysqlProvider {
                     }),
             )
             .await;
-            if want.transactions
+            if let Some(key) = &trx_key
                 && let Ok(mut reads) = TRX_READS.lock()
             {
-                reads.insert(trx_key.clone(), Instant::now());
+                reads.insert(key.clone(), Instant::now());
             }
             match result {
                 Ok(Ok(sessions)) => {
