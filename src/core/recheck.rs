@@ -78,7 +78,12 @@ pub fn recheck(
                 fp.fingerprint(sql).to_owned()
             })
         {
-            return Recheck::Changed(format!("no longer matches {}: {failure}", policy.name));
+            return Recheck::Changed(format!(
+                "no longer matches {}: {failure} (now {} {})",
+                policy.name,
+                fresh.command,
+                super::policy::format_ms(fresh.time_ms)
+            ));
         }
     }
     Recheck::Proceed
