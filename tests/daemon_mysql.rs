@@ -66,6 +66,22 @@ async fn idle_sessions_of_a_matched_user_are_killed_and_others_are_not() {
     let audit = setup.audit();
     let intents = audit.iter().filter(|r| r.event == Event::Intent).count();
     let outcomes: Vec<_> = audit.iter().filter(|r| r.event == Event::Outcome).collect();
+    if intents != 1000 {
+        // Say which sessions had more than one intent, and what became of each.
+        let mut by_session = std::collections::BTreeMap::new();
+        for r in &audit {
+            by_session
+                .entry(r.session_id)
+                .or_insert_with(Vec::new)
+                .push(format!(
+                    "{} {:?} {:?} {}",
+                    r.ts, r.event, r.result, r.reason
+                ));
+        }
+        for (id, records) in by_session.iter().filter(|(_, v)| v.len() > 2) {
+            eprintln!("session {id}: {records:#?}");
+        }
+    }
     assert_eq!(intents, 1000);
     assert_eq!(outcomes.len(), 1000);
     assert!(
