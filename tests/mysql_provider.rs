@@ -35,6 +35,28 @@ fn identity(req: &KillRequest, fresh: Option<&Session>) -> Recheck {
     )
 }
 
+/// The session of `user` running a statement, once the process list shows it. Read
+/// without transactions: polling INNODB_TRX this often would keep InnoDB from
+/// refreshing it (for the other tests too).
+async fn running_statement(p: &dyn Provider, user: &str) -> Session {
+    let want = Want {
+        sql: true,
+        ..Want::default()
+    };
+    for _ in 0..250 {
+        let snap = p.snapshot(&want).await.unwrap();
+        if let Some(s) = snap
+            .sessions
+            .iter()
+            .find(|s| s.user.as_deref() == Some(user) && s.command == "Query")
+        {
+            return s.clone();
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("no statement of {user} in the process list");
+}
+
 /// A `KILL CONNECTION` request for every session of `user`.
 fn kills_of<'a>(snap: &'a Snapshot, user: &str) -> Vec<KillRequest<'a>> {
     snap.sessions
@@ -135,22 +157,7 @@ async fn a_recheck_reads_the_statement_and_the_transaction_only_when_a_request_n
         (r, busy)
     });
     let p = provider(&setup, db, &reaper);
-    // Found without reading transactions: polling INNODB_TRX this often would keep
-    // InnoDB from refreshing it (for the other tests too).
-    let mut target = None;
-    for _ in 0..250 {
-        let snap = p.snapshot(&Want::default()).await.unwrap();
-        target = snap
-            .sessions
-            .iter()
-            .find(|s| s.user.as_deref() == Some(app.name.as_str()) && s.command == "Query")
-            .cloned();
-        if target.is_some() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let session = target.expect("the statement runs");
+    let session = running_statement(p.as_ref(), &app.name).await;
     // The fresh rows the re-check is given; nothing is sent (the verdict is `changed`).
     let seen = std::sync::Mutex::new(Vec::new());
     let record = |_: &KillRequest, fresh: Option<&Session>| {
@@ -526,20 +533,7 @@ async fn kill_query_on_mariadb_ends_only_the_matched_statement() {
         (r, conn)
     });
     let p = provider(&setup, db, &reaper);
-    let mut target = None;
-    for _ in 0..250 {
-        let snap = p.snapshot(&Want::everything()).await.unwrap();
-        target = snap
-            .sessions
-            .iter()
-            .find(|s| s.user.as_deref() == Some(app.name.as_str()) && s.command == "Query")
-            .cloned();
-        if target.is_some() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let session = target.unwrap();
+    let session = running_statement(p.as_ref(), &app.name).await;
     assert!(session.query_id.is_some());
     let out = p
         .kill(
