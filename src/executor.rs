@@ -89,11 +89,12 @@ static INTENT_SEQ: AtomicU64 = AtomicU64::new(0);
 /// Intent ids `PID-MILLIS-SEQ`: unique in a process by the sequence number, across
 /// restarts by the pid and the time. `prefix` is `intent_id_prefix()`.
 fn intent_id(prefix: &str) -> String {
-    use std::fmt::Write;
     let seq = INTENT_SEQ.fetch_add(1, Ordering::Relaxed);
-    let mut id = String::with_capacity(prefix.len() + 8);
+    let mut buf = itoa::Buffer::new();
+    let seq = buf.format(seq);
+    let mut id = String::with_capacity(prefix.len() + seq.len());
     id.push_str(prefix);
-    let _ = write!(id, "{seq}");
+    id.push_str(seq);
     id
 }
 

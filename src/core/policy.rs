@@ -440,33 +440,44 @@ pub fn format_duration(d: Duration) -> String {
 
 /// `format_duration`, appended to `out`.
 pub fn write_duration(out: &mut String, d: Duration) {
-    use fmt::Write;
+    // Every reason of a storm's thousands of audit records has one or two of
+    // these: digits by itoa, not by the formatting machinery.
+    let mut buf = itoa::Buffer::new();
+    let mut num = |out: &mut String, n: u128, unit: &str| {
+        out.push_str(buf.format(n));
+        out.push_str(unit);
+    };
     let ms = d.as_millis();
     if ms == 0 {
         out.push_str("0s");
         return;
     }
     if ms < 1000 {
-        let _ = write!(out, "{ms}ms");
+        num(out, ms, "ms");
         return;
     }
     let (h, m, s, frac) = (ms / 3_600_000, ms / 60_000 % 60, ms / 1000 % 60, ms % 1000);
     if h > 0 {
-        let _ = write!(out, "{h}h");
+        num(out, h, "h");
     }
     if m > 0 {
-        let _ = write!(out, "{m}m");
+        num(out, m, "m");
     }
     if frac > 0 {
+        num(out, s, ".");
         // Milliseconds without trailing zeros: .5, .25, .125.
-        let (digits, width) = match frac {
-            f if f % 100 == 0 => (f / 100, 1),
-            f if f % 10 == 0 => (f / 10, 2),
-            f => (f, 3),
+        let digits = [frac / 100, frac / 10 % 10, frac % 10];
+        let width = match frac {
+            f if f % 100 == 0 => 1,
+            f if f % 10 == 0 => 2,
+            _ => 3,
         };
-        let _ = write!(out, "{s}.{digits:0width$}s");
+        for d in &digits[..width] {
+            out.push(char::from(b'0' + *d as u8));
+        }
+        out.push('s');
     } else if s > 0 {
-        let _ = write!(out, "{s}s");
+        num(out, s, "s");
     }
 }
 

@@ -701,38 +701,64 @@ impl MysqlProvider {
                 Err(_) => return vec![(failed(None), Instant::now())],
             };
         let mut out = Vec::with_capacity(statements.len());
-        out.push((Answer::Done, Instant::now()));
+        let first_at = Instant::now();
+        out.push((Answer::Done, first_at));
         // Consuming the (empty) result of statement k reads the answer to statement
         // k + 1: an OK becomes the next pending result, an error is kept and returned
         // when that result is consumed. So the call that consumes statement k tells
         // whether statement k failed (statement 0's answer came with `query_iter`).
-        let mut read_at = Instant::now();
-        for k in 0..statements.len() {
-            match tokio::time::timeout_at(deadline, result.collect::<Row>()).await {
-                Ok(Ok(_)) => {
-                    if k > 0 {
-                        out.push((Answer::Done, read_at));
+        let n = statements.len();
+        let read = async {
+            let mut read_at = first_at;
+            for k in 0..n {
+                let asked = Instant::now();
+                match result.collect::<Row>().await {
+                    Ok(_) => {
+                        if k > 0 {
+                            out.push((Answer::Done, read_at));
+                        }
+                        read_at = Instant::now();
+                        // The server answers each kill in a packet of its own, at its
+                        // own pace: read one by one as they come, a storm's answers
+                        // wake this task thousands of times. When this answer had to
+                        // be waited for and the rest will take the server a while yet,
+                        // they are let pile up and read together.
+                        let to_come = n.saturating_sub(k + 2) as u32;
+                        if read_at - asked > ANSWER_AWAITED && to_come > 0 {
+                            let pace = (read_at - first_at) / (k as u32 + 1);
+                            if pace.saturating_mul(to_come) >= 2 * ANSWER_PAUSE {
+                                tokio::time::sleep(ANSWER_PAUSE).await;
+                            }
+                        }
                     }
-                    read_at = Instant::now();
-                }
-                Ok(Err(e @ mysql_async::Error::Server(_))) => {
-                    // The answer read last (to statement k, or k + 1 at k = 0).
-                    out.push((failed(Some(e)), read_at));
-                    return out;
-                }
-                Ok(Err(e)) => {
-                    out.push((failed(Some(e)), Instant::now()));
-                    return out;
-                }
-                Err(_) => {
-                    out.push((failed(None), Instant::now()));
-                    return out;
+                    Err(e @ mysql_async::Error::Server(_)) => {
+                        // The answer read last (to statement k, or k + 1 at k = 0).
+                        out.push((failed(Some(e)), read_at));
+                        return;
+                    }
+                    Err(e) => {
+                        out.push((failed(Some(e)), Instant::now()));
+                        return;
+                    }
                 }
             }
+        };
+        if tokio::time::timeout_at(deadline, read).await.is_err() {
+            out.push((failed(None), Instant::now()));
         }
         out
     }
 }
+
+/// A `KILL`'s answer that took longer than this to read was waited for: the ones
+/// after it are not in yet.
+const ANSWER_AWAITED: Duration = Duration::from_micros(20);
+
+/// How long the answers of a packet of kills are let pile up once one had to be
+/// waited for (while the rest will take the server at least twice this): a
+/// storm's answers are read a dozen at a time instead of one by one, for a
+/// fraction of the wake-ups, and a batch's last answer is not read later for it.
+const ANSWER_PAUSE: Duration = Duration::from_millis(1);
 
 /// Requests (with their index) re-checked and killed together.
 type Batch<'r> = Vec<(usize, &'r KillRequest<'r>)>;
@@ -889,8 +915,17 @@ fn processlist_query(flavour: Flavour, want: &Want, only_ids: Option<&[u64]>) ->
     };
     let filter = match only_ids {
         Some(ids) if !ids.is_empty() => {
-            let list: Vec<String> = ids.iter().map(u64::to_string).collect();
-            format!(" WHERE p.ID IN ({})", list.join(","))
+            let mut list = String::with_capacity(20 + ids.len() * 8);
+            list.push_str(" WHERE p.ID IN (");
+            let mut buf = itoa::Buffer::new();
+            for (i, id) in ids.iter().enumerate() {
+                if i > 0 {
+                    list.push(',');
+                }
+                list.push_str(buf.format(*id));
+            }
+            list.push(')');
+            list
         }
         _ => String::new(),
     };
@@ -904,9 +939,25 @@ fn value_u64(v: &Value) -> Option<u64> {
     match v {
         Value::UInt(u) => Some(*u),
         Value::Int(i) => u64::try_from(*i).ok(),
-        Value::Bytes(b) => std::str::from_utf8(b).ok()?.trim().parse().ok(),
+        Value::Bytes(b) => digits(b.trim_ascii()),
         _ => None,
     }
+}
+
+/// A decimal number as `u64::from_str` reads it (an optional `+`, then digits; none
+/// on overflow), from bytes: every row of a process list has three or four of them.
+fn digits(b: &[u8]) -> Option<u64> {
+    let b = b.strip_prefix(b"+").unwrap_or(b);
+    if b.is_empty() {
+        return None;
+    }
+    b.iter().try_fold(0u64, |n, &c| {
+        let d = c.wrapping_sub(b'0');
+        if d > 9 {
+            return None;
+        }
+        n.checked_mul(10)?.checked_add(u64::from(d))
+    })
 }
 
 fn value_string(v: &Value) -> Option<String> {
@@ -923,12 +974,12 @@ fn value_string(v: &Value) -> Option<String> {
 fn value_ms(v: &Value) -> Option<u64> {
     match v {
         Value::Bytes(b) => {
-            let s = std::str::from_utf8(b).ok()?.trim();
-            let whole = s.split('.').next()?;
-            if whole.starts_with('-') {
+            let s = b.trim_ascii();
+            if s.starts_with(b"-") {
                 return Some(0);
             }
-            whole.parse().ok()
+            let whole = s.split(|&c| c == b'.').next()?;
+            digits(whole)
         }
         Value::Int(i) => Some((*i).max(0) as u64),
         Value::UInt(u) => Some(*u),
@@ -953,12 +1004,10 @@ fn split_host_ref(raw: &str) -> (&str, Option<u16>) {
         return (addr, port.parse().ok());
     }
     match raw.rsplit_once(':') {
-        Some((addr, port))
-            if !addr.is_empty() && !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) =>
-        {
-            match port.parse() {
-                Ok(p) => (addr, Some(p)),
-                Err(_) => (raw, None),
+        Some((addr, port)) if !addr.is_empty() && !port.starts_with('+') => {
+            match digits(port.as_bytes()).and_then(|p| u16::try_from(p).ok()) {
+                Some(p) => (addr, Some(p)),
+                None => (raw, None),
             }
         }
         _ => (raw, None),
@@ -1064,6 +1113,33 @@ mod tests {
             split_host("web-1.example.com:40000"),
             ("web-1.example.com".to_owned(), Some(40000))
         );
+        // What is not a port stays a part of the host.
+        for raw in ["db:99999", "db:", "db:+80", "db:8o", ":3306"] {
+            assert_eq!(split_host(raw), (raw.to_owned(), None), "{raw}");
+        }
+    }
+
+    #[test]
+    fn numbers_read_as_u64_from_str_reads_them() {
+        let bytes = |s: &str| Value::Bytes(s.as_bytes().to_vec());
+        for s in [
+            "0",
+            "42",
+            " 42 ",
+            "+7",
+            "18446744073709551615",
+            "",
+            "+",
+            "-1",
+            "4a",
+            "1.5",
+            "18446744073709551616",
+        ] {
+            assert_eq!(value_u64(&bytes(s)), s.trim().parse::<u64>().ok(), "{s:?}");
+        }
+        assert_eq!(value_ms(&bytes("-3.5")), Some(0));
+        assert_eq!(value_ms(&bytes(".5")), None);
+        assert_eq!(value_ms(&bytes("12x.5")), None);
     }
 
     #[test]
