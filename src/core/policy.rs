@@ -274,7 +274,6 @@ impl Match {
 
     /// A short account of why a matching session matches, for humans.
     pub fn explain(&self, session: &Session) -> String {
-        use fmt::Write;
         // One string written in place: a storm explains thousands of kills at once.
         let mut out = String::with_capacity(96);
         let part = |out: &mut String| {
@@ -292,7 +291,9 @@ impl Match {
         };
         if !self.user.is_empty() {
             part(&mut out);
-            let _ = write!(out, "user {} ~ ", session.user.as_deref().unwrap_or("?"));
+            out.push_str("user ");
+            out.push_str(session.user.as_deref().unwrap_or("?"));
+            out.push_str(" ~ ");
             list(&mut out, &self.user);
         }
         if !self.not_user.is_empty() {
@@ -302,21 +303,27 @@ impl Match {
         }
         if !self.host.is_empty() {
             part(&mut out);
-            let _ = write!(out, "host {} ~ ", session.host.as_deref().unwrap_or("?"));
+            out.push_str("host ");
+            out.push_str(session.host.as_deref().unwrap_or("?"));
+            out.push_str(" ~ ");
             list(&mut out, &self.host);
         }
         if !self.db.is_empty() {
             part(&mut out);
-            let _ = write!(out, "db {} ~ ", session.db.as_deref().unwrap_or("?"));
+            out.push_str("db ");
+            out.push_str(session.db.as_deref().unwrap_or("?"));
+            out.push_str(" ~ ");
             list(&mut out, &self.db);
         }
         if !self.command.is_empty() {
             part(&mut out);
-            let _ = write!(out, "command {}", session.command);
+            out.push_str("command ");
+            out.push_str(&session.command);
         }
         if !self.state.is_empty() {
             part(&mut out);
-            let _ = write!(out, "state {}", session.state.as_deref().unwrap_or(""));
+            out.push_str("state ");
+            out.push_str(session.state.as_deref().unwrap_or(""));
         }
         let time = Duration::from_millis(session.time_ms);
         match (self.min_time, self.max_time) {
@@ -370,11 +377,8 @@ impl Match {
         }
         if !self.template_id.is_empty() {
             part(&mut out);
-            let _ = write!(
-                out,
-                "template id {}",
-                session.template_id.as_deref().unwrap_or("")
-            );
+            out.push_str("template id ");
+            out.push_str(session.template_id.as_deref().unwrap_or(""));
         }
         if out.is_empty() {
             out.push_str("matches every session");
