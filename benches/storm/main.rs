@@ -865,8 +865,21 @@ async fn stop(child: std::process::Child) -> Duration {
     .unwrap()
 }
 
-/// utime + stime of a running process, from /proc (clock ticks).
+/// CPU time of a running process (all its threads, ended ones included), from its
+/// CPU clock (nanoseconds), or from /proc in clock ticks (10 ms: a quiet daemon's
+/// few milliseconds a second would read as 0 or 10) where that clock is refused.
 fn proc_cpu(pid: i32) -> Duration {
+    let mut clock: libc::clockid_t = 0;
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: both calls only write the values they are given.
+    if unsafe { libc::clock_getcpuclockid(pid, &mut clock) } == 0
+        && unsafe { libc::clock_gettime(clock, &mut ts) } == 0
+    {
+        return Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32);
+    }
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let after = stat.rsplit(')').next().unwrap_or_default();
     let fields: Vec<&str> = after.split_whitespace().collect();
