@@ -707,29 +707,17 @@ impl MysqlProvider {
         // k + 1: an OK becomes the next pending result, an error is kept and returned
         // when that result is consumed. So the call that consumes statement k tells
         // whether statement k failed (statement 0's answer came with `query_iter`).
+        // One deadline for all of the packet's answers: one timer, not one per answer.
         let n = statements.len();
         let read = async {
             let mut read_at = first_at;
             for k in 0..n {
-                let asked = Instant::now();
                 match result.collect::<Row>().await {
                     Ok(_) => {
                         if k > 0 {
                             out.push((Answer::Done, read_at));
                         }
                         read_at = Instant::now();
-                        // The server answers each kill in a packet of its own, at its
-                        // own pace: read one by one as they come, a storm's answers
-                        // wake this task thousands of times. When this answer had to
-                        // be waited for and the rest will take the server a while yet,
-                        // they are let pile up and read together.
-                        let to_come = n.saturating_sub(k + 2) as u32;
-                        if read_at - asked > ANSWER_AWAITED && to_come > 0 {
-                            let pace = (read_at - first_at) / (k as u32 + 1);
-                            if pace.saturating_mul(to_come) >= 2 * ANSWER_PAUSE {
-                                tokio::time::sleep(ANSWER_PAUSE).await;
-                            }
-                        }
                     }
                     Err(e @ mysql_async::Error::Server(_)) => {
                         // The answer read last (to statement k, or k + 1 at k = 0).
@@ -749,16 +737,6 @@ impl MysqlProvider {
         out
     }
 }
-
-/// A `KILL`'s answer that took longer than this to read was waited for: the ones
-/// after it are not in yet.
-const ANSWER_AWAITED: Duration = Duration::from_micros(20);
-
-/// How long the answers of a packet of kills are let pile up once one had to be
-/// waited for (while the rest will take the server at least twice this): a
-/// storm's answers are read a dozen at a time instead of one by one, for a
-/// fraction of the wake-ups, and a batch's last answer is not read later for it.
-const ANSWER_PAUSE: Duration = Duration::from_millis(1);
 
 /// Requests (with their index) re-checked and killed together.
 type Batch<'r> = Vec<(usize, &'r KillRequest<'r>)>;
