@@ -567,9 +567,9 @@ mod tests {
         }
     }
 
-    /// Each byte that needs an escape, at each place of a string longer than the
-    /// eight bytes checked at a time, is escaped; its neighbours (0x20, 0x7f, `#`,
-    /// `]`, `[` differ from them by one bit or one) are not.
+    /// Each byte that needs an escape, at each place of strings shorter and longer
+    /// than the eight bytes checked at a time, is escaped; the bytes next to them
+    /// (space, `!`, `#`, `[`, `]`), DEL and a non-ASCII letter are not.
     #[test]
     fn every_byte_that_needs_an_escape_is_found_wherever_it_is() {
         let special = [
