@@ -458,6 +458,18 @@ impl<'n> Map<'n> {
     }
 }
 
+/// Our unit for a word people write for it (`sec`, `minutes`, `hrs`, `ms`).
+fn unit_for(word: &str) -> Option<&'static str> {
+    Some(match word.to_ascii_lowercase().as_str() {
+        "ms" | "msec" | "msecs" | "millis" | "millisecond" | "milliseconds" => "ms",
+        "s" | "sec" | "secs" | "second" | "seconds" => "s",
+        "m" | "min" | "mins" | "minute" | "minutes" => "m",
+        "h" | "hr" | "hrs" | "hour" | "hours" => "h",
+        "d" | "day" | "days" => "d",
+        _ => return None,
+    })
+}
+
 pub const DURATION_HINT: &str = "durations are written like `250ms`, `30s`, `5m`, `1h` or `1h30m`";
 
 /// Parses `250ms`, `30s`, `1.5s`, `5m`, `1h30m`, `2d`. Millisecond precision.
@@ -486,8 +498,24 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             "m" => 60_000,
             "h" => 3_600_000,
             "d" => 86_400_000,
-            "" => return Err(format!("`{text}` needs a unit")),
-            other => return Err(format!("unknown unit `{other}` in `{text}`")),
+            "" => {
+                // `1.5 s`, `30 sec`: a word after a space.
+                let word = tail.trim_start();
+                let word = &word[..word
+                    .find(|c: char| !c.is_ascii_alphabetic())
+                    .unwrap_or(word.len())];
+                return Err(match unit_for(word) {
+                    _ if word.is_empty() => format!("`{text}` needs a unit"),
+                    Some(unit) => format!("`{text}` is written `{num}{unit}`"),
+                    None => format!("unknown unit `{word}` in `{text}`"),
+                });
+            }
+            other => {
+                return Err(match unit_for(other) {
+                    Some(unit) => format!("`{text}`: `{other}` is written `{unit}`"),
+                    None => format!("unknown unit `{other}` in `{text}`"),
+                });
+            }
         };
         let ms = match num.split_once('.') {
             None => num
@@ -558,5 +586,21 @@ mod tests {
         ] {
             assert!(parse_duration(bad).is_err(), "{bad} should be rejected");
         }
+    }
+
+    #[test]
+    fn a_unit_written_otherwise_is_named_in_ours() {
+        let said = |text: &str| parse_duration(text).unwrap_err();
+        assert_eq!(said("1.5 sec"), "`1.5 sec` is written `1.5s`");
+        assert_eq!(said("5 s"), "`5 s` is written `5s`");
+        assert_eq!(said("30sec"), "`30sec`: `sec` is written `s`");
+        assert_eq!(said("2Minutes"), "`2Minutes`: `Minutes` is written `m`");
+        assert_eq!(
+            said("5 fortnights"),
+            "unknown unit `fortnights` in `5 fortnights`"
+        );
+        assert_eq!(said("5x"), "unknown unit `x` in `5x`");
+        assert_eq!(said("5"), "`5` needs a unit");
+        assert_eq!(said("5 "), "`5 ` needs a unit");
     }
 }
