@@ -997,21 +997,7 @@ fn session_from_row(row: Row, flavour: Flavour) -> Option<Session> {
     // Text columns are taken out of the row: their bytes become the strings
     // without a copy.
     let mut take = |i: usize| v.get_mut(i).and_then(Option::take).and_then(into_string);
-    let host = take(2);
-    let (host, port) = match host {
-        None => (None, None),
-        Some(h) if h.is_empty() => (None, None),
-        Some(h) => {
-            let (addr, port) = split_host_ref(&h);
-            // The address is a part of `h`: the whole of it when there is no port.
-            let addr = if addr.len() == h.len() {
-                h
-            } else {
-                addr.to_owned()
-            };
-            (Some(addr), port)
-        }
-    };
+    let (host, port) = take(2).map_or((None, None), host_and_port);
     let user = take(1);
     let db = take(3);
     let command = take(4).unwrap_or_default();
@@ -1043,6 +1029,23 @@ fn session_from_row(row: Row, flavour: Flavour) -> Option<Session> {
         template_id: None,
         node: None,
     })
+}
+
+/// `split_host` of a row's `HOST`, reusing its string: the address is its start
+/// (`10.0.0.7` of `10.0.0.7:51234`), and only an IPv6 one in brackets is copied.
+/// An empty host is none.
+fn host_and_port(mut h: String) -> (Option<String>, Option<u16>) {
+    if h.is_empty() {
+        return (None, None);
+    }
+    let (addr, port) = split_host_ref(&h);
+    let (start, len) = (addr.as_ptr() as usize - h.as_ptr() as usize, addr.len());
+    if start == 0 {
+        h.truncate(len);
+    } else {
+        h = h[start..start + len].to_owned();
+    }
+    (Some(h), port)
 }
 
 fn column(v: &[Option<Value>], i: usize) -> Option<&Value> {
@@ -1095,6 +1098,22 @@ mod tests {
         for raw in ["db:99999", "db:", "db:+80", "db:8o", ":3306"] {
             assert_eq!(split_host(raw), (raw.to_owned(), None), "{raw}");
         }
+    }
+
+    #[test]
+    fn a_rows_host_is_split_as_split_host_splits_it() {
+        for raw in [
+            "10.0.0.7:51234",
+            "localhost",
+            "[fe80::1]:3306",
+            "::1:51234",
+            "db:99999",
+            "x",
+        ] {
+            let (host, port) = host_and_port(raw.to_owned());
+            assert_eq!((host.unwrap(), port), split_host(raw), "{raw}");
+        }
+        assert_eq!(host_and_port(String::new()), (None, None));
     }
 
     #[test]
