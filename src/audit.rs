@@ -577,18 +577,8 @@ mod tests {
         ];
         let session = Session {
             id: 1,
-            user: None,
-            host: None,
-            port: None,
-            db: None,
             command: "Sleep".to_owned(),
-            time_ms: 0,
-            state: None,
-            sql: None,
-            query_id: None,
-            trx: None,
-            template_id: None,
-            node: None,
+            ..Session::default()
         };
         for len in [1, 7, 8, 9, 17, 24] {
             for at in 0..len {

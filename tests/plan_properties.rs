@@ -333,17 +333,9 @@ fn idle_app_session() -> Session {
     Session {
         id: 7,
         user: Some("app".to_owned()),
-        host: None,
-        port: None,
-        db: None,
         command: "Sleep".to_owned(),
         time_ms: 10,
-        state: None,
-        sql: None,
-        query_id: None,
-        trx: None,
-        template_id: None,
-        node: None,
+        ..Session::default()
     }
 }
 
