@@ -3,10 +3,11 @@
 //! are sent; one fsync covers a batch (group commit). If the log cannot be written,
 //! nothing is killed.
 
+use std::borrow::Cow;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
@@ -24,12 +25,16 @@ pub enum Event {
 
 /// One audit line. Field names are DESIGN.md's; `intent_id` ties an intent to its
 /// outcome (or skip) so that a crash mid-kill can be reconciled.
+///
+/// The records of one run share their timestamp, target and policy name (`Arc`),
+/// and the words of a closed set (action, mode, result) are not copied (`Cow`): a
+/// storm writes thousands of records, and each copy was an allocation and a free.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Record {
-    pub ts: String,
+    pub ts: Arc<str>,
     pub event: Event,
-    pub target: String,
-    pub policy: String,
+    pub target: Arc<str>,
+    pub policy: Arc<str>,
     pub session_id: u64,
     pub user: Option<String>,
     pub host: Option<String>,
@@ -39,10 +44,10 @@ pub struct Record {
     pub command: String,
     pub time_ms: u64,
     pub fingerprint: Option<String>,
-    pub action: String,
-    pub mode: String,
+    pub action: Cow<'static, str>,
+    pub mode: Cow<'static, str>,
     pub reason: String,
-    pub result: Option<String>,
+    pub result: Option<Cow<'static, str>>,
     pub error: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub intent_id: Option<String>,
@@ -56,22 +61,22 @@ pub struct Record {
 
 /// The fields every record of one session shares.
 pub struct Subject<'a> {
-    pub target: &'a str,
-    pub policy: &'a str,
+    pub target: &'a Arc<str>,
+    pub policy: &'a Arc<str>,
     pub session: &'a Session,
     pub fingerprint: Option<String>,
-    pub action: &'a str,
-    pub mode: &'a str,
+    pub action: &'static str,
+    pub mode: &'static str,
 }
 
 impl Record {
     /// A record at `ts` (from `timestamp`: formatted once for all records of a run).
-    pub fn new(event: Event, ts: &str, s: &Subject<'_>, reason: String) -> Record {
+    pub fn new(event: Event, ts: &Arc<str>, s: &Subject<'_>, reason: String) -> Record {
         Record {
-            ts: ts.to_owned(),
+            ts: ts.clone(),
             event,
-            target: s.target.to_owned(),
-            policy: s.policy.to_owned(),
+            target: s.target.clone(),
+            policy: s.policy.clone(),
             session_id: s.session.id,
             user: s.session.user.clone(),
             host: s.session.host.clone(),
@@ -80,8 +85,8 @@ impl Record {
             command: s.session.command.clone(),
             time_ms: s.session.time_ms,
             fingerprint: s.fingerprint.clone(),
-            action: s.action.to_owned(),
-            mode: s.mode.to_owned(),
+            action: Cow::Borrowed(s.action),
+            mode: Cow::Borrowed(s.mode),
             reason,
             result: None,
             error: None,
@@ -529,10 +534,10 @@ mod tests {
                     (fingerprint, action, mode, reason),
                     (result, error, intent_id, recheck_to_kill_us),
                 )| Record {
-                    ts,
+                    ts: ts.into(),
                     event,
-                    target,
-                    policy,
+                    target: target.into(),
+                    policy: policy.into(),
                     session_id,
                     user,
                     host,
@@ -541,10 +546,10 @@ mod tests {
                     command,
                     time_ms,
                     fingerprint,
-                    action,
-                    mode,
+                    action: action.into(),
+                    mode: mode.into(),
                     reason,
-                    result,
+                    result: result.map(Into::into),
                     error,
                     intent_id,
                     recheck_to_kill_us,
@@ -589,10 +594,10 @@ mod tests {
                         reason: s.clone(),
                         ..Record::new(
                             Event::Intent,
-                            "2026-11-26T05:00:00.000Z",
+                            &"2026-11-26T05:00:00.000Z".into(),
                             &Subject {
-                                target: "db",
-                                policy: "p",
+                                target: &"db".into(),
+                                policy: &"p".into(),
                                 session: &session,
                                 fingerprint: None,
                                 action: "kill",

@@ -3,6 +3,7 @@
 //! watchdog and a clean shutdown. Everything comes in through [`start`], so tests
 //! run a whole daemon in-process on a random port.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -518,7 +519,7 @@ impl Generation {
         // Intents a crash left without an outcome, to reconcile per target.
         let mut pending: HashMap<String, Vec<Record>> = HashMap::new();
         for r in audit.pending_intents() {
-            pending.entry(r.target.clone()).or_default().push(r);
+            pending.entry(r.target.to_string()).or_default().push(r);
         }
         let executor = Arc::new(Executor::new(audit.clone(), shared.metrics.clone()));
         let config = Arc::new(config);
@@ -657,11 +658,11 @@ impl Generation {
 }
 
 /// The outcome closing an intent a crash interrupted.
-fn reconciled(intent: Record, result: &str, reason: &str) -> Record {
+fn reconciled(intent: Record, result: &'static str, reason: &str) -> Record {
     Record {
-        ts: timestamp(Utc::now()),
+        ts: timestamp(Utc::now()).into(),
         event: Event::Outcome,
-        result: Some(result.to_owned()),
+        result: Some(Cow::Borrowed(result)),
         reason: reason.to_owned(),
         error: None,
         ..intent
@@ -822,9 +823,9 @@ impl Runner {
                 .metrics
                 .kills_total
                 .with_label_values(&[
-                    &r.target,
-                    &r.policy,
-                    &r.action,
+                    &*r.target,
+                    &*r.policy,
+                    &*r.action,
                     r.result.as_deref().unwrap_or(""),
                 ])
                 .inc();

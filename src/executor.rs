@@ -1,12 +1,14 @@
 //! Carries out a plan: would-kills are audited once, kills go through the gates
 //! (write-ahead intent, re-check, kill, outcome) and every step is counted.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::hash::Hash;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use chrono::Utc;
+use rustc_hash::FxHashMap;
 use tracing::{error, info, warn};
 
 use crate::audit::{Audit, Event, Record, Subject, timestamp};
@@ -153,7 +155,8 @@ impl Executor {
             ..Report::default()
         };
         let now = Utc::now();
-        let ts = timestamp(now);
+        let ts: Arc<str> = timestamp(now).into();
+        let names = Names::of(tick);
         let mut fp = Fingerprinter::default();
         let mut would = Vec::new();
         let mut current: Vec<HashSet<(u64, Option<u64>)>> =
@@ -180,7 +183,7 @@ impl Executor {
                         policy.name,
                         reason
                     );
-                    let subject = subject(tick.target, policy, s, &mut fp);
+                    let subject = subject(&names, pi, policy, s, &mut fp);
                     would.push(Record::new(Event::WouldKill, &ts, &subject, reason));
                     self.metrics
                         .would_kill_total
@@ -257,7 +260,7 @@ impl Executor {
                 let s = &snapshot.sessions[i];
                 let policy = tick.policies[pi];
                 let reason = plan.reason(i, snapshot, tick.policies);
-                let subject = subject(tick.target, policy, s, &mut fp);
+                let subject = subject(&names, pi, policy, s, &mut fp);
                 let mut r = Record::new(Event::Intent, &ts, &subject, reason);
                 r.intent_id = Some(intent_id(&id_prefix));
                 intents.push(r);
@@ -292,7 +295,7 @@ impl Executor {
                 .collect(),
         };
         let done = Utc::now();
-        let done_ts = timestamp(done);
+        let done_ts: Arc<str> = timestamp(done).into();
         let mut run_metrics = RunMetrics::new(&self.metrics, tick.target);
         let mut records = Vec::with_capacity(outcomes.len());
         let mut quiet = 0;
@@ -403,7 +406,7 @@ struct RunMetrics {
     detect_to_kill: prometheus::Histogram,
     recheck_to_kill: prometheus::Histogram,
     /// `kills_total` by policy and result.
-    kills: HashMap<(usize, &'static str), prometheus::IntCounter>,
+    kills: FxHashMap<(usize, &'static str), prometheus::IntCounter>,
 }
 
 impl RunMetrics {
@@ -411,7 +414,7 @@ impl RunMetrics {
         RunMetrics {
             detect_to_kill: metrics.detect_to_kill_seconds.with_label_values(&[target]),
             recheck_to_kill: metrics.recheck_to_kill_seconds.with_label_values(&[target]),
-            kills: HashMap::new(),
+            kills: FxHashMap::default(),
         }
     }
 
@@ -471,15 +474,15 @@ enum Held {
 const LOGGED_KILLS_PER_RUN: usize = 20;
 
 /// The outcome (or skip) record closing an intent, at `ts` (from `timestamp`).
-pub fn outcome_record(intent: Record, outcome: &KillOutcome, ts: &str) -> Record {
+pub fn outcome_record(intent: Record, outcome: &KillOutcome, ts: &Arc<str>) -> Record {
     let event = match outcome.result {
         KillResult::Gone | KillResult::Changed(_) => Event::Skip,
         _ => Event::Outcome,
     };
     Record {
-        ts: ts.to_owned(),
+        ts: ts.clone(),
         event,
-        result: Some(outcome.result.label().to_owned()),
+        result: Some(Cow::Borrowed(outcome.result.label())),
         error: match &outcome.result {
             KillResult::Refused(e) | KillResult::Failed(e) | KillResult::Unknown(e) => {
                 Some(e.clone())
@@ -499,15 +502,36 @@ pub fn outcome_record(intent: Record, outcome: &KillOutcome, ts: &str) -> Record
     }
 }
 
+/// The target's and the policies' names, shared by the records of a run.
+struct Names {
+    target: Arc<str>,
+    policies: Vec<Arc<str>>,
+}
+
+impl Names {
+    fn of(tick: &Tick<'_>) -> Names {
+        Names {
+            target: tick.target.into(),
+            policies: tick
+                .policies
+                .iter()
+                .map(|p| p.name.as_str().into())
+                .collect(),
+        }
+    }
+}
+
+/// The record fields of session `s` matched by policy `pi`.
 fn subject<'a>(
-    target: &'a str,
-    policy: &'a Policy,
+    names: &'a Names,
+    pi: usize,
+    policy: &Policy,
     s: &'a Session,
     fp: &mut Fingerprinter,
 ) -> Subject<'a> {
     Subject {
-        target,
-        policy: &policy.name,
+        target: &names.target,
+        policy: &names.policies[pi],
         session: s,
         fingerprint: s.sql.as_deref().map(|sql| fp.fingerprint(sql).to_owned()),
         action: policy.action.as_str(),

@@ -485,7 +485,7 @@ async fn kill_by_id_goes_through_the_same_gates_and_the_audit_log() {
     assert!(
         audit
             .iter()
-            .all(|r| r.policy == "manual" && r.session_id == app_id && r.mode == "enforce")
+            .all(|r| &*r.policy == "manual" && r.session_id == app_id && r.mode == "enforce")
     );
 }
 

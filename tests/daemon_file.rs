@@ -72,7 +72,7 @@ async fn policies_on_different_schedules_report_each_would_kill_once() {
         "one would-kill record per policy and session"
     );
     assert!(audit.iter().all(|r| r.event == Event::WouldKill));
-    let enforce: Vec<_> = audit.iter().filter(|r| r.policy == "idle").collect();
+    let enforce: Vec<_> = audit.iter().filter(|r| &*r.policy == "idle").collect();
     assert!(
         enforce.iter().all(|r| r.mode == "enforce"),
         "an enforce policy on a replay audits would-kills"

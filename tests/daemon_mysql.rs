@@ -106,7 +106,7 @@ async fn idle_sessions_of_a_matched_user_are_killed_and_others_are_not() {
     );
     let first = &outcomes[0];
     assert_eq!(first.mode, "enforce");
-    assert_eq!(first.policy, "idle-app");
+    assert_eq!(&*first.policy, "idle-app");
     assert_eq!(first.user.as_deref(), Some(app.name.as_str()));
     assert!(
         first.ts.ends_with('Z') && first.ts.len() == 24,
