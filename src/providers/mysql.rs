@@ -995,20 +995,27 @@ fn split_host_ref(raw: &str) -> (&str, Option<u16>) {
     if let Some(rest) = raw.strip_prefix('[')
         && let Some((addr, port)) = rest.split_once("]:")
     {
-        return (addr, port.parse().ok());
+        return (addr, port_number(port));
     }
     // The port is the last few bytes: found from the end, byte by byte (each row of
     // a process list has a host; `rsplit_once` spent ten times as long).
     let colon = raw.bytes().rposition(|b| b == b':');
     match colon.map(|at| (&raw[..at], &raw[at + 1..])) {
-        Some((addr, port)) if !addr.is_empty() && !port.starts_with('+') => {
-            match digits(port.as_bytes()).and_then(|p| u16::try_from(p).ok()) {
-                Some(p) => (addr, Some(p)),
-                None => (raw, None),
-            }
-        }
+        Some((addr, port)) if !addr.is_empty() => match port_number(port) {
+            Some(p) => (addr, Some(p)),
+            None => (raw, None),
+        },
         _ => (raw, None),
     }
+}
+
+/// A port as the process list writes it: decimal digits only (no sign), at most
+/// 65535.
+fn port_number(s: &str) -> Option<u16> {
+    if s.starts_with('+') {
+        return None;
+    }
+    digits(s.as_bytes()).and_then(|p| u16::try_from(p).ok())
 }
 
 fn session_from_row(row: Row, flavour: Flavour) -> Option<Session> {
@@ -1116,6 +1123,15 @@ mod tests {
         // What is not a port stays a part of the host.
         for raw in ["db:99999", "db:", "db:+80", "db:8o", ":3306"] {
             assert_eq!(split_host(raw), (raw.to_owned(), None), "{raw}");
+        }
+        // In brackets, the address is the part inside them, with or without a port.
+        for raw in [
+            "[fe80::1]:99999",
+            "[fe80::1]:",
+            "[fe80::1]:+80",
+            "[fe80::1]:8o",
+        ] {
+            assert_eq!(split_host(raw), ("fe80::1".to_owned(), None), "{raw}");
         }
     }
 
