@@ -318,12 +318,18 @@ fn io_reason(e: &std::io::Error) -> String {
     }
 }
 
-fn resolve(base: &Path, p: &str) -> PathBuf {
+/// A path written in the config, relative to the config file's directory `base`
+/// unless absolute. A leading `./` is not doubled (`./policies` beside
+/// `config.yaml` is `./policies`, not `././policies`, in every message).
+pub(crate) fn resolve(base: &Path, p: &str) -> PathBuf {
     let p = Path::new(p);
     if p.is_absolute() {
-        p.to_owned()
-    } else {
-        base.join(p)
+        return p.to_owned();
+    }
+    match p.strip_prefix(".") {
+        Ok(rest) if rest.as_os_str().is_empty() => base.to_owned(),
+        Ok(rest) => base.join(rest),
+        Err(_) => base.join(p),
     }
 }
 
@@ -926,4 +932,27 @@ fn read_limits(v: &Value<'_>) -> Option<Limits> {
         }
     }
     ok.then_some(limits)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_paths_are_relative_to_the_config_with_no_doubled_dot_slash() {
+        let here = Path::new(".");
+        let etc = Path::new("/etc/session-reaper");
+        for (base, written, resolved) in [
+            (here, "policies", "./policies"),
+            (here, "./policies", "./policies"),
+            (here, "././policies", "./policies"),
+            (here, ".", "."),
+            (here, "../policies", "./../policies"),
+            (etc, "./policies", "/etc/session-reaper/policies"),
+            (etc, "policies/", "/etc/session-reaper/policies/"),
+            (etc, "/srv/policies", "/srv/policies"),
+        ] {
+            assert_eq!(resolve(base, written), PathBuf::from(resolved), "{written}");
+        }
+    }
 }

@@ -48,7 +48,7 @@ pub fn read(value: &Value<'_>, base: &Path) -> Option<SecretString> {
         }
         (None, Some(file)) => {
             let name = file.name()?;
-            let path = resolve(Path::new(name), base);
+            let path = resolve(name, base);
             match std::fs::read(&path) {
                 Ok(bytes) => match String::from_utf8(bytes) {
                     Ok(mut s) => {
@@ -99,15 +99,16 @@ pub fn read(value: &Value<'_>, base: &Path) -> Option<SecretString> {
     }
 }
 
-fn resolve(path: &Path, base: &Path) -> std::path::PathBuf {
+fn resolve(name: &str, base: &Path) -> std::path::PathBuf {
+    let path = Path::new(name);
     if path.is_absolute() {
         return path.to_owned();
     }
     if let Some(dir) = std::env::var_os("CREDENTIALS_DIRECTORY") {
         return Path::new(&dir).join(path);
     }
-    let beside = base.join(path);
-    let stored = base.join("credentials").join(path);
+    let beside = crate::config::resolve(base, name);
+    let stored = crate::config::resolve(&base.join("credentials"), name);
     if !beside.exists() && stored.exists() {
         return stored;
     }

@@ -27,11 +27,7 @@ pub const SPEC: Spec = Spec {
 fn parse(map: &Map<'_>, base: &Path) -> Option<Arc<dyn Factory>> {
     let v = map.require("path")?;
     let raw = v.name()?;
-    let path = if Path::new(raw).is_absolute() {
-        PathBuf::from(raw)
-    } else {
-        base.join(raw)
-    };
+    let path = crate::config::resolve(base, raw);
     if let Err(e) = read_snapshot(&path) {
         v.error(
             e,
