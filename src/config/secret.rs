@@ -105,7 +105,7 @@ fn resolve(name: &str, base: &Path) -> std::path::PathBuf {
         return path.to_owned();
     }
     if let Some(dir) = std::env::var_os("CREDENTIALS_DIRECTORY") {
-        return Path::new(&dir).join(path);
+        return crate::config::resolve(Path::new(&dir), name);
     }
     let beside = crate::config::resolve(base, name);
     let stored = crate::config::resolve(&base.join("credentials"), name);
