@@ -514,94 +514,104 @@ impl MysqlProvider {
         }
     }
 
-    /// One lane of a kill: takes batches off `queue` until it is empty. Each batch is
-    /// re-checked by one read, then every session still the one matched is killed by
-    /// one packet of `KILL` statements. Statements the server did not run (it stops at
-    /// an error) go back on the queue, to be re-checked again.
-    async fn kill_lane<'r>(
+    /// One round of a kill: one re-check read of the round's sessions (up to a
+    /// batch per lane), then the kills of those still the ones matched, one packet
+    /// per lane, sent at once. Sharing the read between the lanes halves the scans
+    /// of the whole process list a storm costs the server (each scan is its own
+    /// work, however few ids it asks for), and the lanes' packets leave together.
+    async fn kill_round<'r>(
         &self,
-        queue: &Mutex<VecDeque<Batch<'r>>>,
-        outcomes: &Mutex<Vec<Option<KillOutcome>>>,
+        round: Batch<'r>,
+        lanes: usize,
         recheck: &Rechecker<'_>,
         gate: &Gate,
-        failure: &Mutex<Option<String>>,
-    ) {
-        let set = |i: usize, o: KillOutcome| {
-            if let Ok(mut out) = outcomes.lock() {
-                out[i] = Some(o);
-            }
-        };
-        // This lane stops: the batch it holds is not sent, and says why.
-        let give_up = |batch: Batch<'r>, why: String| {
-            for (i, _) in batch {
-                set(
-                    i,
-                    KillOutcome::without_recheck(KillResult::Failed(why.clone())),
-                );
-            }
-            if let Ok(mut f) = failure.lock() {
-                *f = Some(why);
-            }
-        };
-        loop {
-            let Some(batch) = queue.lock().ok().and_then(|mut q| q.pop_front()) else {
-                return;
-            };
-            let ids: Vec<u64> = batch.iter().map(|(_, r)| r.session.id).collect();
-            // Each re-check read lists every session on the server (the process list
-            // has no index): what no request compares is left out of it.
-            let want = Needs::want(batch.iter().map(|(_, r)| r.needs));
-            let (fresh, _, mut lease) = match self.read_sessions(&want, Some(&ids), "recheck").await
-            {
-                Ok(x) => x,
-                Err(e) => {
-                    give_up(batch, format!("not sent: the re-check failed: {e}"));
-                    return;
+        outcomes: &mut [Option<KillOutcome>],
+    ) -> RoundEnd<'r> {
+        let mut end = RoundEnd::default();
+        let ids: Vec<u64> = round.iter().map(|(_, r)| r.session.id).collect();
+        // Each re-check read lists every session on the server (the process list
+        // has no index): what no request compares is left out of it.
+        let want = Needs::want(round.iter().map(|(_, r)| r.needs));
+        // The other lanes' connections are taken while the re-check is read.
+        let kill_lanes = lanes.min(round.len()).max(1);
+        let (read, others) = futures::future::join(
+            self.read_sessions(&want, Some(&ids), "recheck"),
+            futures::future::join_all((1..kill_lanes).map(|_| self.lease())),
+        )
+        .await;
+        let (fresh, _, first) = match read {
+            Ok(x) => x,
+            Err(e) => {
+                let why = format!("not sent: the re-check failed: {e}");
+                for (i, _) in round {
+                    outcomes[i] = Some(KillOutcome::without_recheck(KillResult::Failed(
+                        why.clone(),
+                    )));
                 }
+                end.lost_lanes = 1;
+                end.why = Some(why);
+                return end;
+            }
+        };
+        let rechecked_at = Instant::now();
+        let fresh: FxHashMap<u64, Session> = fresh.into_iter().map(|s| (s.id, s)).collect();
+        let mut send = Vec::with_capacity(round.len());
+        for (i, req) in round {
+            let result = match recheck(req, fresh.get(&req.session.id)) {
+                Recheck::Proceed => {
+                    send.push((i, req));
+                    continue;
+                }
+                Recheck::Gone => KillResult::Gone,
+                Recheck::Changed(why) => KillResult::Changed(why),
             };
-            let rechecked_at = Instant::now();
-            let fresh: FxHashMap<u64, Session> = fresh.into_iter().map(|s| (s.id, s)).collect();
-            let mut send = Vec::with_capacity(batch.len());
-            for (i, req) in batch {
-                let result = match recheck(req, fresh.get(&req.session.id)) {
-                    Recheck::Proceed => {
-                        send.push((i, req));
-                        continue;
-                    }
-                    Recheck::Gone => KillResult::Gone,
-                    Recheck::Changed(why) => KillResult::Changed(why),
-                };
-                set(
-                    i,
-                    KillOutcome {
-                        result,
-                        rechecked_at: Some(rechecked_at),
-                        sent_at: None,
-                    },
-                );
+            outcomes[i] = Some(KillOutcome {
+                result,
+                rechecked_at: Some(rechecked_at),
+                sent_at: None,
+            });
+        }
+        if send.is_empty() {
+            return end;
+        }
+        // The first round is re-checked while its intents are written. A re-check
+        // that waited long at the gate (a slow fsync) is done again, so that the
+        // window between re-check and kill stays what it is without it.
+        if let Err(why) = gate.wait().await {
+            for (i, _) in send {
+                outcomes[i] = Some(KillOutcome::without_recheck(KillResult::Failed(
+                    why.clone(),
+                )));
             }
-            if send.is_empty() {
-                continue;
-            }
-            // The first batches are re-checked while their intents are written. A
-            // re-check that waited long at the gate (a slow fsync) is done again, so
-            // that the window between re-check and kill stays what it is without it.
-            if let Err(why) = gate.wait().await {
-                give_up(send, why);
-                return;
-            }
-            if rechecked_at.elapsed() > GATE_RECHECK_AFTER
-                && let Ok(mut q) = queue.lock()
-            {
-                q.push_front(send);
-                continue;
-            }
-            let conn = lease.conn();
-            let packet = kill_packet(conn.flavour, send.iter().map(|(_, r)| *r));
-            let answers = self.send_kills(&mut conn.conn, packet, send.len()).await;
-            let mut not_run = Vec::new();
+            end.lost_lanes = lanes;
+            end.why = Some(why);
+            return end;
+        }
+        if rechecked_at.elapsed() > GATE_RECHECK_AFTER {
+            end.again = send;
+            return end;
+        }
+        // A lane whose connection could not be had sits this round out; what its
+        // packet would have held is re-checked again in the next one.
+        let mut leases: Vec<Lease<'_>> = std::iter::once(first)
+            .chain(others.into_iter().flatten())
+            .collect();
+        let per = send.len().div_ceil(leases.len()).min(KILL_BATCH);
+        if send.len() > per * leases.len() {
+            end.again = send.split_off(per * leases.len());
+        }
+        leases.truncate(send.len().div_ceil(per));
+        let packets: Vec<Batch<'r>> = send.chunks(per).map(<[_]>::to_vec).collect();
+        let answers =
+            futures::future::join_all(leases.iter_mut().zip(&packets).map(|(lease, packet)| {
+                let conn = lease.conn();
+                let text = kill_packet(conn.flavour, packet.iter().map(|(_, r)| *r));
+                self.send_kills(&mut conn.conn, text, packet.len())
+            }))
+            .await;
+        for ((lease, packet), answers) in leases.into_iter().zip(packets).zip(answers) {
             let mut lost = false;
-            for (k, (i, req)) in send.into_iter().enumerate() {
+            for (k, (i, req)) in packet.into_iter().enumerate() {
                 let (result, at) = match answers.get(k) {
                     Some((Answer::Done, at)) => {
                         self.metrics.provider_request("mysql", "kill", "ok");
@@ -641,32 +651,23 @@ impl MysqlProvider {
                     None => {
                         // After an error the server runs none of the statements that
                         // follow in the packet: re-check and send them again.
-                        not_run.push((i, req));
+                        end.again.push((i, req));
                         continue;
                     }
                 };
-                set(
-                    i,
-                    KillOutcome {
-                        result,
-                        rechecked_at: Some(rechecked_at),
-                        sent_at: Some(at),
-                    },
-                );
-            }
-            if !not_run.is_empty()
-                && let Ok(mut q) = queue.lock()
-            {
-                q.push_front(not_run);
+                outcomes[i] = Some(KillOutcome {
+                    result,
+                    rechecked_at: Some(rechecked_at),
+                    sent_at: Some(at),
+                });
             }
             if lost {
                 lease.discard();
-                if let Ok(mut f) = failure.lock() {
-                    *f = Some("not sent: the connection broke".to_owned());
-                }
-                return;
+                end.lost_lanes += 1;
+                end.why = Some("not sent: the connection broke".to_owned());
             }
         }
+        end
     }
 
     /// Sends `packet` of `n` statements. The answer of each, in order, with the
@@ -741,6 +742,15 @@ impl MysqlProvider {
 
 /// Requests (with their index) re-checked and killed together.
 type Batch<'r> = Vec<(usize, &'r KillRequest<'r>)>;
+
+/// How a round of a kill ended: what goes into the next round, how many lanes
+/// were lost (a broken connection, a failed re-check) and why.
+#[derive(Default)]
+struct RoundEnd<'r> {
+    again: Batch<'r>,
+    lost_lanes: usize,
+    why: Option<String>,
+}
 
 /// A batch whose re-check is older than this when the gate opens is re-checked
 /// again before its kills are sent (the intents' fsync took longer than the read).
@@ -834,26 +844,27 @@ impl Provider for MysqlProvider {
         if requests.is_empty() {
             return Vec::new();
         }
-        let lanes = self.pool_size.min(requests.len()).max(1);
+        let mut lanes = self.pool_size.min(requests.len()).max(1);
         let size = requests.len().div_ceil(lanes).clamp(1, KILL_BATCH);
-        let indexed: Vec<(usize, &KillRequest)> = requests.iter().enumerate().collect();
-        let queue: Mutex<VecDeque<Batch<'_>>> =
-            Mutex::new(indexed.chunks(size).map(<[_]>::to_vec).collect());
-        let outcomes: Mutex<Vec<Option<KillOutcome>>> = Mutex::new(vec![None; requests.len()]);
-        let failure = Mutex::new(None);
-        futures::future::join_all(
-            (0..lanes).map(|_| self.kill_lane(&queue, &outcomes, recheck, gate, &failure)),
-        )
-        .await;
-        // Batches left when every lane had stopped on a failure.
-        let why = failure
-            .into_inner()
-            .ok()
-            .flatten()
-            .unwrap_or_else(|| "not attempted".to_owned());
+        let mut queue: VecDeque<(usize, &KillRequest)> = requests.iter().enumerate().collect();
+        let mut outcomes: Vec<Option<KillOutcome>> = vec![None; requests.len()];
+        let mut failure = None;
+        while lanes > 0 && !queue.is_empty() {
+            let round: Batch<'_> = queue.drain(..queue.len().min(lanes * size)).collect();
+            let end = self
+                .kill_round(round, lanes, recheck, gate, &mut outcomes)
+                .await;
+            // Statements not run, and what a round re-checked but could not send,
+            // go first in the next round, re-checked again.
+            for item in end.again.into_iter().rev() {
+                queue.push_front(item);
+            }
+            lanes = lanes.saturating_sub(end.lost_lanes);
+            failure = end.why.or(failure);
+        }
+        // Requests left when every lane had stopped on a failure.
+        let why = failure.unwrap_or_else(|| "not attempted".to_owned());
         outcomes
-            .into_inner()
-            .unwrap_or_default()
             .into_iter()
             .map(|o| {
                 o.unwrap_or_else(|| KillOutcome::without_recheck(KillResult::Failed(why.clone())))
