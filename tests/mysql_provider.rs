@@ -374,6 +374,62 @@ async fn kills_wait_at_the_gate_and_a_closed_gate_sends_none() {
     }
 }
 
+/// A lane's kill packet goes on a connection that read nothing first: when the
+/// server dropped it while it sat idle (`wait_timeout`, a proxy), it is found out
+/// by a ping and replaced, and the kills go through instead of coming back unknown.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lane_whose_idle_connection_was_dropped_gets_a_new_one() {
+    let db = MariaDb::shared();
+    let setup = Setup::new();
+    let reaper = db.reaper_user().await;
+    let app = db.create_user("dropped_app", None).await;
+    let _conns = db.open_idle(&app, 4).await;
+    let target = setup.mysql_target("db", db, &reaper);
+    let config = config::load(&setup.config(&format!("targets:\n{target}"))).unwrap();
+    let metrics = Arc::new(Metrics::new());
+    let p = config.targets[0].factory.build("db", metrics.clone());
+    let snap = p.snapshot(&Want::everything()).await.unwrap();
+    let victims = kills_of(&snap, &app.name);
+    assert_eq!(victims.len(), 4);
+    // Both of the pool's connections (two lanes) are dropped by the server.
+    let ours = db.ids_of(&reaper.name).await;
+    assert_eq!(ours.len(), 2, "the pool is open");
+    let mut admin = db.admin().await;
+    for id in &ours {
+        admin
+            .query_drop(format!("KILL CONNECTION {id}"))
+            .await
+            .unwrap();
+    }
+    assert!(
+        wait_until(Duration::from_secs(5), || async {
+            db.ids_of(&reaper.name).await.is_empty()
+        })
+        .await
+    );
+    // Idle past the point where a lane's connection is checked before use.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let outcomes = p.kill(&victims, &identity).await;
+    assert!(
+        outcomes.iter().all(|o| o.result == KillResult::Killed),
+        "{outcomes:?}"
+    );
+    let pings = |status: &str| {
+        metrics
+            .provider_requests_total
+            .with_label_values(&["mysql", "ping", status])
+            .get()
+    };
+    assert_eq!(pings("error"), 2, "both dead connections were found out");
+    assert!(
+        wait_until(Duration::from_secs(5), || async {
+            db.ids_of(&app.name).await.is_empty()
+        })
+        .await,
+        "every victim is gone"
+    );
+}
+
 /// The pool's other connections open with the first snapshot, so that a kill's
 /// lanes do not connect first; they are ours, so never victims.
 #[tokio::test(flavor = "multi_thread")]

@@ -5,9 +5,10 @@
 //! with `information_schema.INNODB_TRX`. The flavour is detected once per connection.
 //! Kill: `KILL CONNECTION id`, `KILL QUERY id`, and on MariaDB `KILL QUERY ID
 //! query_id`, which can only end the statement that was matched. Kills go in
-//! batches: one re-check read of up to `KILL_BATCH` sessions, then one packet of
-//! `KILL` statements for those still the ones matched (a round trip per batch, not
-//! per kill: 3,000 idle sessions go in about a quarter of a second).
+//! rounds: one re-check read of up to `KILL_BATCH` sessions per lane, then, on each
+//! lane's connection at once, one packet of `KILL` statements for those still the
+//! ones matched (a round trip per batch, not per kill: 3,000 idle sessions go in
+//! about an eighth of a second).
 //!
 //! Connections come from a small pool of our own, so that kills run concurrently
 //! and so that we know the id of every connection we hold: they are never victims.
@@ -58,8 +59,9 @@ const BUILTIN_ACCOUNTS: &[&str] = &[
 
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Two connections: kills run on both at once, each sending packets of up to
-/// `KILL_BATCH` statements. Measured on MariaDB 10.11 (benches/storm): two lanes
-/// clear 3,000 sessions faster than four, which contend for the server's thread list.
+/// `KILL_BATCH` statements. Measured on MariaDB 10.11 (benches/storm): three or
+/// four lanes clear 3,000 sessions no faster than two (the server's thread list is
+/// what they contend for) and widen the window between re-check and kill.
 const DEFAULT_POOL: u64 = 2;
 
 fn parse(map: &Map<'_>, base: &Path) -> Option<Arc<dyn Factory>> {
@@ -186,6 +188,8 @@ struct Pooled {
     flavour: Flavour,
     version: String,
     started_at: Option<DateTime<Utc>>,
+    /// When it went back to the pool.
+    idle_since: Instant,
 }
 
 /// Reconnect pacing: 250 ms doubling to 30 s, with jitter, reset by a success.
@@ -245,13 +249,18 @@ impl Lease<'_> {
 
 impl Drop for Lease<'_> {
     fn drop(&mut self) {
-        if let Some(c) = self.conn.take()
+        if let Some(mut c) = self.conn.take()
             && let Ok(mut idle) = self.provider.idle.lock()
         {
+            c.idle_since = Instant::now();
             idle.push(c);
         }
     }
 }
+
+/// A pooled connection idle at least this long is pinged before a lane's kill
+/// packet goes on it (`kill_lease`).
+const PING_IDLE_AFTER: Duration = Duration::from_secs(1);
 
 const OWN_IDS_KEPT: usize = 1024;
 
@@ -406,6 +415,7 @@ impl MysqlProvider {
                 flavour,
                 version,
                 started_at,
+                idle_since: Instant::now(),
             }),
             Ok(Err(e)) => Err(connect_err(format!("connected, but {}", describe(&e)))),
             Err(_) => Err(connect_err(
@@ -532,14 +542,12 @@ impl MysqlProvider {
         // Each re-check read lists every session on the server (the process list
         // has no index): what no request compares is left out of it.
         let want = Needs::want(round.iter().map(|(_, r)| r.needs));
-        // The other lanes' connections are taken while the re-check is read.
+        // The other lanes' connections are taken before the re-check is sent: a
+        // server that restarts after the read breaks each of them, so no kill of
+        // this round can reach a new server's sessions, whose ids start again.
         let kill_lanes = lanes.min(round.len()).max(1);
-        let (read, others) = futures::future::join(
-            self.read_sessions(&want, Some(&ids), "recheck"),
-            futures::future::join_all((1..kill_lanes).map(|_| self.lease())),
-        )
-        .await;
-        let (fresh, _, first) = match read {
+        let others = futures::future::join_all((1..kill_lanes).map(|_| self.kill_lease())).await;
+        let (fresh, _, first) = match self.read_sessions(&want, Some(&ids), "recheck").await {
             Ok(x) => x,
             Err(e) => {
                 let why = format!("not sent: the re-check failed: {e}");
@@ -668,6 +676,29 @@ impl MysqlProvider {
             }
         }
         end
+    }
+
+    /// A connection for a lane whose packet goes without a read of its own on that
+    /// connection first: one idle for a while is pinged, so that a connection the
+    /// server dropped meanwhile (`wait_timeout`, a proxy) is replaced instead of
+    /// turning every kill of the packet into an unknown. `None` when none can be had.
+    async fn kill_lease(&self) -> Option<Lease<'_>> {
+        for _ in 0..=self.pool_size {
+            let mut lease = self.lease().await.ok()?;
+            if !lease.reused || lease.conn().idle_since.elapsed() < PING_IDLE_AFTER {
+                return Some(lease);
+            }
+            let alive = tokio::time::timeout(self.timeout, lease.conn().conn.ping())
+                .await
+                .is_ok_and(|r| r.is_ok());
+            self.metrics
+                .provider_request("mysql", "ping", if alive { "ok" } else { "error" });
+            if alive {
+                return Some(lease);
+            }
+            lease.discard();
+        }
+        None
     }
 
     /// Sends `packet` of `n` statements. The answer of each, in order, with the
