@@ -734,9 +734,13 @@ impl Runner {
                 .min()
                 .unwrap_or(idle_at)
                 .min(Instant::now() + HEARTBEAT);
-            tokio::select! {
-                _ = tokio::time::sleep_until(next) => {}
-                _ = stop.changed() => break,
+            // A tick already due runs now: a timer rounds its deadline up to the
+            // next millisecond, which the first tick of a storm would wait out.
+            if next > Instant::now() {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(next) => {}
+                    _ = stop.changed() => break,
+                }
             }
             self.shared.heartbeat(&name);
             let now = Instant::now();
