@@ -265,9 +265,7 @@ impl Executor {
                 r.intent_id = Some(intent_id(&id_prefix));
                 intents.push(r);
             }
-            crate::trace("intents built");
             let (intents, written) = self.append_keep(intents, true).await;
-            crate::trace("intents durable");
             let verdict = match written {
                 Err(e) => Err(Held::Audit(e)),
                 Ok(()) => may_send(tick).map_err(Held::NotSent),

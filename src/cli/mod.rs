@@ -174,7 +174,6 @@ pub enum Command {
 
 /// Runs the command line; returns the process exit code.
 pub fn main() -> ExitCode {
-    crate::trace("main");
     let cli = Cli::parse();
     match cli.command {
         Command::Fingerprint { batch } => fingerprint(batch),
