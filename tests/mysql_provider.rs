@@ -374,6 +374,41 @@ async fn kills_wait_at_the_gate_and_a_closed_gate_sends_none() {
     }
 }
 
+/// Only a wait at the gate sends a round back to be re-checked again: a round
+/// whose own re-check takes long to judge (slow policies, a busy machine) is sent
+/// once the gate is open, not re-checked forever.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_slow_recheck_behind_an_open_gate_still_kills() {
+    let db = MariaDb::shared();
+    let setup = Setup::new();
+    let reaper = db.reaper_user().await;
+    let app = db.create_user("slow_app", None).await;
+    let _conns = db.open_idle(&app, 2).await;
+    let p = provider(&setup, db, &reaper);
+    let snap = p.snapshot(&Want::everything()).await.unwrap();
+    let victims = kills_of(&snap, &app.name);
+    assert_eq!(victims.len(), 2);
+    let judged = std::sync::atomic::AtomicUsize::new(0);
+    let slow = |req: &KillRequest, fresh: Option<&Session>| {
+        judged.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        // Longer than the gate's 10 ms.
+        std::thread::sleep(Duration::from_millis(15));
+        identity(req, fresh)
+    };
+    let outcomes = tokio::time::timeout(Duration::from_secs(20), p.kill(&victims, &slow))
+        .await
+        .expect("the kill ends");
+    assert!(
+        outcomes.iter().all(|o| o.result == KillResult::Killed),
+        "{outcomes:?}"
+    );
+    assert_eq!(
+        judged.load(std::sync::atomic::Ordering::SeqCst),
+        2,
+        "each victim judged once"
+    );
+}
+
 /// A lane's kill packet goes on a connection that read nothing first: when the
 /// server dropped it while it sat idle (`wait_timeout`, a proxy), it is found out
 /// by a ping and replaced, and the kills go through instead of coming back unknown.

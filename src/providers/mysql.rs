@@ -584,7 +584,10 @@ impl MysqlProvider {
         }
         // The first round is re-checked while its intents are written. A re-check
         // that waited long at the gate (a slow fsync) is done again, so that the
-        // window between re-check and kill stays what it is without it.
+        // window between re-check and kill stays what it is without it. Only the
+        // wait counts: once the gate is open a round never goes back, however long
+        // its own re-check took to judge (a round that always did would never end).
+        let waited = Instant::now();
         if let Err(why) = gate.wait().await {
             for (i, _) in send {
                 outcomes[i] = Some(KillOutcome::without_recheck(KillResult::Failed(
@@ -595,7 +598,7 @@ impl MysqlProvider {
             end.why = Some(why);
             return end;
         }
-        if rechecked_at.elapsed() > GATE_RECHECK_AFTER {
+        if waited.elapsed() > GATE_RECHECK_AFTER {
             end.again = send;
             return end;
         }
@@ -783,8 +786,8 @@ struct RoundEnd<'r> {
     why: Option<String>,
 }
 
-/// A batch whose re-check is older than this when the gate opens is re-checked
-/// again before its kills are sent (the intents' fsync took longer than the read).
+/// A round that waited longer than this for the gate to open is re-checked again
+/// before its kills are sent (the intents' fsync took longer than the read).
 const GATE_RECHECK_AFTER: Duration = Duration::from_millis(10);
 
 /// How long the first snapshot waits, once it is read, for the pool's other
