@@ -374,6 +374,63 @@ async fn kills_wait_at_the_gate_and_a_closed_gate_sends_none() {
     }
 }
 
+/// A server that restarted after the snapshot starts its connection ids again:
+/// the snapshot's id may now be another session, one a re-check could take for
+/// the matched one (a client on a socket has no port to tell them apart). The
+/// re-check that had to reconnect sees the new start time and kills nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn nothing_is_killed_on_a_server_restarted_since_the_snapshot() {
+    let db = MariaDb::dedicated();
+    let setup = Setup::new();
+    let reaper = db.reaper_user().await;
+    let app = db.create_user("restart_app", None).await;
+    let old = db.open_idle(&app, 3).await;
+    let p = provider(&setup, &db, &reaper);
+    let snap = p.snapshot(&Want::everything()).await.unwrap();
+    let victims = kills_of(&snap, &app.name);
+    assert_eq!(victims.len(), 3);
+    let old_ids: Vec<u64> = victims.iter().map(|v| v.session.id).collect();
+    drop(old);
+    // Uptime is in whole seconds: the new start must be told from the old one.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    db.restart();
+    // New sessions of the same user until one has an id of the snapshot's.
+    let mut new = Vec::new();
+    while !new
+        .iter()
+        .any(|c: &mysql_async::Conn| old_ids.contains(&u64::from(c.id())))
+    {
+        assert!(
+            new.len() < 300,
+            "no new session took an old id: {old_ids:?}"
+        );
+        new.push(db.connect(&app.name, &app.password).await.unwrap());
+    }
+    let reused = new.len();
+    // A re-check that only asks whether the id is there: the restart alone must
+    // stop the kill.
+    let present = |_: &KillRequest, fresh: Option<&Session>| {
+        if fresh.is_some() {
+            Recheck::Proceed
+        } else {
+            Recheck::Gone
+        }
+    };
+    let outcomes = p.kill(&victims, &present).await;
+    for o in &outcomes {
+        assert!(
+            matches!(&o.result, KillResult::Changed(why) if why.contains("restarted")),
+            "{outcomes:?}"
+        );
+        assert!(o.sent_at.is_none(), "{outcomes:?}");
+    }
+    assert_eq!(
+        db.ids_of(&app.name).await.len(),
+        reused,
+        "every new session is alive"
+    );
+}
+
 /// Only a wait at the gate sends a round back to be re-checked again: a round
 /// whose own re-check takes long to judge (slow policies, a busy machine) is sent
 /// once the gate is open, not re-checked forever.

@@ -159,6 +159,7 @@ impl Factory for MysqlFactory {
             own_ids: Mutex::new(BTreeSet::new()),
             backoff: Mutex::new(Backoff::default()),
             warmed: AtomicBool::new(false),
+            snapshot_server_start: Mutex::new(None),
             metrics,
         })
     }
@@ -222,6 +223,10 @@ pub struct MysqlProvider {
     backoff: Mutex<Backoff>,
     /// Whether the pool's connections were opened ahead (`warm_up`, once).
     warmed: AtomicBool,
+    /// When the server of the last snapshot started, as that snapshot's
+    /// connection saw it: a re-check that finds another start time is reading a
+    /// restarted server, whose connection ids start again.
+    snapshot_server_start: Mutex<Option<DateTime<Utc>>>,
     metrics: Arc<Metrics>,
 }
 
@@ -547,7 +552,7 @@ impl MysqlProvider {
         // this round can reach a new server's sessions, whose ids start again.
         let kill_lanes = lanes.min(round.len()).max(1);
         let others = futures::future::join_all((1..kill_lanes).map(|_| self.kill_lease())).await;
-        let (fresh, _, first) = match self.read_sessions(&want, Some(&ids), "recheck").await {
+        let (fresh, server, first) = match self.read_sessions(&want, Some(&ids), "recheck").await {
             Ok(x) => x,
             Err(e) => {
                 let why = format!("not sent: the re-check failed: {e}");
@@ -557,11 +562,32 @@ impl MysqlProvider {
                     )));
                 }
                 end.lost_lanes = 1;
-                end.why = Some(why);
+                end.rest = Some(KillResult::Failed(why));
                 return end;
             }
         };
         let rechecked_at = Instant::now();
+        // A re-check that had to reconnect may have reached the server after a
+        // restart: its ids are not the snapshot's, and nothing of it is killed.
+        let snapshot_start = self.snapshot_server_start.lock().ok().and_then(|s| *s);
+        if let (Some(then), Some(now)) = (snapshot_start, server.started_at)
+            && (now - then).abs() > RESTART_TOLERANCE
+        {
+            let changed = KillResult::Changed(
+                "the server restarted since the snapshot (its connection ids start again)"
+                    .to_owned(),
+            );
+            for (i, _) in round {
+                outcomes[i] = Some(KillOutcome {
+                    result: changed.clone(),
+                    rechecked_at: Some(rechecked_at),
+                    sent_at: None,
+                });
+            }
+            end.lost_lanes = lanes;
+            end.rest = Some(changed);
+            return end;
+        }
         let fresh: FxHashMap<u64, Session> = fresh.into_iter().map(|s| (s.id, s)).collect();
         let mut send = Vec::with_capacity(round.len());
         for (i, req) in round {
@@ -595,7 +621,7 @@ impl MysqlProvider {
                 )));
             }
             end.lost_lanes = lanes;
-            end.why = Some(why);
+            end.rest = Some(KillResult::Failed(why));
             return end;
         }
         if waited.elapsed() > GATE_RECHECK_AFTER {
@@ -675,7 +701,9 @@ impl MysqlProvider {
             if lost {
                 lease.discard();
                 end.lost_lanes += 1;
-                end.why = Some("not sent: the connection broke".to_owned());
+                end.rest = Some(KillResult::Failed(
+                    "not sent: the connection broke".to_owned(),
+                ));
             }
         }
         end
@@ -778,13 +806,18 @@ impl MysqlProvider {
 type Batch<'r> = Vec<(usize, &'r KillRequest<'r>)>;
 
 /// How a round of a kill ended: what goes into the next round, how many lanes
-/// were lost (a broken connection, a failed re-check) and why.
+/// were lost (a broken connection, a failed re-check, a closed gate, a restarted
+/// server) and what the requests no lane is left for come to.
 #[derive(Default)]
 struct RoundEnd<'r> {
     again: Batch<'r>,
     lost_lanes: usize,
-    why: Option<String>,
+    rest: Option<KillResult>,
 }
+
+/// Two connections to one server may see its start time up to a second apart
+/// (`UNIX_TIMESTAMP(NOW(6))` less a whole-second `Uptime`).
+const RESTART_TOLERANCE: chrono::TimeDelta = chrono::TimeDelta::seconds(2);
 
 /// A round that waited longer than this for the gate to open is re-checked again
 /// before its kills are sent (the intents' fsync took longer than the read).
@@ -852,6 +885,9 @@ impl Provider for MysqlProvider {
             }
         };
         drop(lease);
+        if let Ok(mut start) = self.snapshot_server_start.lock() {
+            *start = server.started_at;
+        }
         Ok(Snapshot {
             format: Snapshot::FORMAT.to_owned(),
             target: self.target.clone(),
@@ -894,15 +930,13 @@ impl Provider for MysqlProvider {
                 queue.push_front(item);
             }
             lanes = lanes.saturating_sub(end.lost_lanes);
-            failure = end.why.or(failure);
+            failure = end.rest.or(failure);
         }
-        // Requests left when every lane had stopped on a failure.
-        let why = failure.unwrap_or_else(|| "not attempted".to_owned());
+        // Requests left when every lane had stopped.
+        let rest = failure.unwrap_or_else(|| KillResult::Failed("not attempted".to_owned()));
         outcomes
             .into_iter()
-            .map(|o| {
-                o.unwrap_or_else(|| KillOutcome::without_recheck(KillResult::Failed(why.clone())))
-            })
+            .map(|o| o.unwrap_or_else(|| KillOutcome::without_recheck(rest.clone())))
             .collect()
     }
 }
