@@ -159,7 +159,7 @@ impl Factory for MysqlFactory {
             own_ids: Mutex::new(BTreeSet::new()),
             backoff: Mutex::new(Backoff::default()),
             warmed: AtomicBool::new(false),
-            snapshot_server_start: Mutex::new(None),
+            snapshot_server: Mutex::new(None),
             metrics,
         })
     }
@@ -191,6 +191,8 @@ struct Pooled {
     started_at: Option<DateTime<Utc>>,
     /// When it went back to the pool.
     idle_since: Instant,
+    /// When it was opened.
+    opened_at: Instant,
 }
 
 /// Reconnect pacing: 250 ms doubling to 30 s, with jitter, reset by a success.
@@ -224,9 +226,10 @@ pub struct MysqlProvider {
     /// Whether the pool's connections were opened ahead (`warm_up`, once).
     warmed: AtomicBool,
     /// When the server of the last snapshot started, as that snapshot's
-    /// connection saw it: a re-check that finds another start time is reading a
+    /// connection saw it, and when that snapshot's read began: a re-check on a
+    /// connection opened since, which finds another start time, is reading a
     /// restarted server, whose connection ids start again.
-    snapshot_server_start: Mutex<Option<DateTime<Utc>>>,
+    snapshot_server: Mutex<Option<(DateTime<Utc>, Instant)>>,
     metrics: Arc<Metrics>,
 }
 
@@ -421,6 +424,7 @@ impl MysqlProvider {
                 version,
                 started_at,
                 idle_since: Instant::now(),
+                opened_at: Instant::now(),
             }),
             Ok(Err(e)) => Err(connect_err(format!("connected, but {}", describe(&e)))),
             Err(_) => Err(connect_err(
@@ -552,25 +556,30 @@ impl MysqlProvider {
         // this round can reach a new server's sessions, whose ids start again.
         let kill_lanes = lanes.min(round.len()).max(1);
         let others = futures::future::join_all((1..kill_lanes).map(|_| self.kill_lease())).await;
-        let (fresh, server, first) = match self.read_sessions(&want, Some(&ids), "recheck").await {
-            Ok(x) => x,
-            Err(e) => {
-                let why = format!("not sent: the re-check failed: {e}");
-                for (i, _) in round {
-                    outcomes[i] = Some(KillOutcome::without_recheck(KillResult::Failed(
-                        why.clone(),
-                    )));
+        let (fresh, server, mut first) =
+            match self.read_sessions(&want, Some(&ids), "recheck").await {
+                Ok(x) => x,
+                Err(e) => {
+                    let why = format!("not sent: the re-check failed: {e}");
+                    for (i, _) in round {
+                        outcomes[i] = Some(KillOutcome::without_recheck(KillResult::Failed(
+                            why.clone(),
+                        )));
+                    }
+                    end.lost_lanes = 1;
+                    end.rest = Some(KillResult::Failed(why));
+                    return end;
                 }
-                end.lost_lanes = 1;
-                end.rest = Some(KillResult::Failed(why));
-                return end;
-            }
-        };
+            };
         let rechecked_at = Instant::now();
-        // A re-check that had to reconnect may have reached the server after a
-        // restart: its ids are not the snapshot's, and nothing of it is killed.
-        let snapshot_start = self.snapshot_server_start.lock().ok().and_then(|s| *s);
-        if let (Some(then), Some(now)) = (snapshot_start, server.started_at)
+        // A re-check on a connection opened since the snapshot (it had to
+        // reconnect) may have reached the server after a restart: its ids are not
+        // the snapshot's, and nothing of it is killed. A connection older than the
+        // snapshot that still answers proves there was none (a restart breaks it);
+        // its start time, read when it opened, may be off by a clock step since.
+        let snapshot = self.snapshot_server.lock().ok().and_then(|s| *s);
+        if let (Some((then, read_at)), Some(now)) = (snapshot, server.started_at)
+            && first.conn().opened_at > read_at
             && (now - then).abs() > RESTART_TOLERANCE
         {
             let changed = KillResult::Changed(
@@ -867,6 +876,7 @@ impl Provider for MysqlProvider {
 
     async fn snapshot(&self, want: &Want) -> Result<Snapshot, ProviderError> {
         let taken_at = Utc::now();
+        let read_at = Instant::now();
         let read = std::pin::pin!(self.read_sessions(want, None, "snapshot"));
         let (sessions, server, lease) = if self.warmed.swap(true, Ordering::Relaxed) {
             read.await?
@@ -885,8 +895,8 @@ impl Provider for MysqlProvider {
             }
         };
         drop(lease);
-        if let Ok(mut start) = self.snapshot_server_start.lock() {
-            *start = server.started_at;
+        if let Ok(mut last) = self.snapshot_server.lock() {
+            *last = server.started_at.map(|started| (started, read_at));
         }
         Ok(Snapshot {
             format: Snapshot::FORMAT.to_owned(),
