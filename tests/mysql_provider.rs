@@ -57,6 +57,29 @@ async fn running_statement(p: &dyn Provider, user: &str) -> Session {
     panic!("no statement of {user} in the process list");
 }
 
+/// `n` idle sessions of a new user, and a provider (of a new reaper user) with
+/// its first snapshot, which lists them.
+struct Idle {
+    app: support::User,
+    conns: Vec<mysql_async::Conn>,
+    p: Arc<dyn Provider>,
+    snap: Snapshot,
+}
+
+async fn idle_sessions(db: &MariaDb, setup: &Setup, prefix: &str, n: usize) -> Idle {
+    let reaper = db.reaper_user().await;
+    let app = db.create_user(prefix, None).await;
+    let conns = db.open_idle(&app, n).await;
+    let p = provider(setup, db, &reaper);
+    let snap = p.snapshot(&Want::everything()).await.unwrap();
+    Idle {
+        app,
+        conns,
+        p,
+        snap,
+    }
+}
+
 /// A `KILL CONNECTION` request for every session of `user`.
 fn kills_of<'a>(snap: &'a Snapshot, user: &str) -> Vec<KillRequest<'a>> {
     snap.sessions
@@ -281,11 +304,12 @@ async fn snapshot_without_sql_or_transactions_when_not_wanted() {
 async fn kill_ends_the_connection_and_reports_gone_for_a_second_try() {
     let db = MariaDb::shared();
     let setup = Setup::new();
-    let reaper = db.reaper_user().await;
-    let app = db.create_user("kill_app", None).await;
-    let _conns = db.open_idle(&app, 3).await;
-    let p = provider(&setup, db, &reaper);
-    let snap = p.snapshot(&Want::everything()).await.unwrap();
+    let Idle {
+        app,
+        conns: _conns,
+        p,
+        snap,
+    } = idle_sessions(db, &setup, "kill_app", 3).await;
     let victims = kills_of(&snap, &app.name);
     assert_eq!(victims.len(), 3);
     let outcomes = p.kill(&victims, &identity).await;
@@ -318,11 +342,12 @@ async fn kill_ends_the_connection_and_reports_gone_for_a_second_try() {
 async fn kills_wait_at_the_gate_and_a_closed_gate_sends_none() {
     let db = MariaDb::shared();
     let setup = Setup::new();
-    let reaper = db.reaper_user().await;
-    let app = db.create_user("gate_app", None).await;
-    let _conns = db.open_idle(&app, 4).await;
-    let p = provider(&setup, db, &reaper);
-    let snap = p.snapshot(&Want::everything()).await.unwrap();
+    let Idle {
+        app,
+        conns: _conns,
+        p,
+        snap,
+    } = idle_sessions(db, &setup, "gate_app", 4).await;
     let victims = kills_of(&snap, &app.name);
     assert_eq!(victims.len(), 4);
 
@@ -382,11 +407,12 @@ async fn kills_wait_at_the_gate_and_a_closed_gate_sends_none() {
 async fn nothing_is_killed_on_a_server_restarted_since_the_snapshot() {
     let db = MariaDb::dedicated();
     let setup = Setup::new();
-    let reaper = db.reaper_user().await;
-    let app = db.create_user("restart_app", None).await;
-    let old = db.open_idle(&app, 3).await;
-    let p = provider(&setup, &db, &reaper);
-    let snap = p.snapshot(&Want::everything()).await.unwrap();
+    let Idle {
+        app,
+        conns: old,
+        p,
+        snap,
+    } = idle_sessions(&db, &setup, "restart_app", 3).await;
     let victims = kills_of(&snap, &app.name);
     assert_eq!(victims.len(), 3);
     let old_ids: Vec<u64> = victims.iter().map(|v| v.session.id).collect();
@@ -438,11 +464,12 @@ async fn nothing_is_killed_on_a_server_restarted_since_the_snapshot() {
 async fn a_slow_recheck_behind_an_open_gate_still_kills() {
     let db = MariaDb::shared();
     let setup = Setup::new();
-    let reaper = db.reaper_user().await;
-    let app = db.create_user("slow_app", None).await;
-    let _conns = db.open_idle(&app, 2).await;
-    let p = provider(&setup, db, &reaper);
-    let snap = p.snapshot(&Want::everything()).await.unwrap();
+    let Idle {
+        app,
+        conns: _conns,
+        p,
+        snap,
+    } = idle_sessions(db, &setup, "slow_app", 2).await;
     let victims = kills_of(&snap, &app.name);
     assert_eq!(victims.len(), 2);
     let judged = std::sync::atomic::AtomicUsize::new(0);
