@@ -561,14 +561,8 @@ impl MysqlProvider {
                 Ok(x) => x,
                 Err(e) => {
                     let why = format!("not sent: the re-check failed: {e}");
-                    for (i, _) in round {
-                        outcomes[i] = Some(KillOutcome::without_recheck(KillResult::Failed(
-                            why.clone(),
-                        )));
-                    }
-                    end.lost_lanes = 1;
-                    end.rest = Some(KillResult::Failed(why));
-                    return end;
+                    let failed = KillOutcome::without_recheck(KillResult::Failed(why));
+                    return RoundEnd::stopped(outcomes, &round, failed, 1);
                 }
             };
         let rechecked_at = Instant::now();
@@ -582,20 +576,15 @@ impl MysqlProvider {
             && first.conn().opened_at > read_at
             && (now - then).abs() > RESTART_TOLERANCE
         {
-            let changed = KillResult::Changed(
-                "the server restarted since the snapshot (its connection ids start again)"
-                    .to_owned(),
-            );
-            for (i, _) in round {
-                outcomes[i] = Some(KillOutcome {
-                    result: changed.clone(),
-                    rechecked_at: Some(rechecked_at),
-                    sent_at: None,
-                });
-            }
-            end.lost_lanes = lanes;
-            end.rest = Some(changed);
-            return end;
+            let changed = KillOutcome {
+                result: KillResult::Changed(
+                    "the server restarted since the snapshot (its connection ids start again)"
+                        .to_owned(),
+                ),
+                rechecked_at: Some(rechecked_at),
+                sent_at: None,
+            };
+            return RoundEnd::stopped(outcomes, &round, changed, lanes);
         }
         let fresh: FxHashMap<u64, Session> = fresh.into_iter().map(|s| (s.id, s)).collect();
         let mut send = Vec::with_capacity(round.len());
@@ -624,14 +613,8 @@ impl MysqlProvider {
         // its own re-check took to judge (a round that always did would never end).
         let waited = Instant::now();
         if let Err(why) = gate.wait().await {
-            for (i, _) in send {
-                outcomes[i] = Some(KillOutcome::without_recheck(KillResult::Failed(
-                    why.clone(),
-                )));
-            }
-            end.lost_lanes = lanes;
-            end.rest = Some(KillResult::Failed(why));
-            return end;
+            let failed = KillOutcome::without_recheck(KillResult::Failed(why));
+            return RoundEnd::stopped(outcomes, &send, failed, lanes);
         }
         if waited.elapsed() > GATE_RECHECK_AFTER {
             end.again = send;
@@ -822,6 +805,26 @@ struct RoundEnd<'r> {
     again: Batch<'r>,
     lost_lanes: usize,
     rest: Option<KillResult>,
+}
+
+impl RoundEnd<'_> {
+    /// A round that stops before its kills: every request of `batch` comes to
+    /// `outcome`, `lost` lanes are lost, and so do the requests no lane is left for.
+    fn stopped(
+        outcomes: &mut [Option<KillOutcome>],
+        batch: &Batch<'_>,
+        outcome: KillOutcome,
+        lost: usize,
+    ) -> Self {
+        for &(i, _) in batch {
+            outcomes[i] = Some(outcome.clone());
+        }
+        RoundEnd {
+            again: Vec::new(),
+            lost_lanes: lost,
+            rest: Some(outcome.result),
+        }
+    }
 }
 
 /// Two connections to one server may see its start time up to a second apart
