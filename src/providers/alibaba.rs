@@ -498,10 +498,7 @@ impl Provider for AlibabaProvider {
             .map(|(r, _)| r.session.id)
             .collect();
         if ids.is_empty() {
-            return outcomes
-                .into_iter()
-                .map(|o| o.unwrap_or_else(|| KillOutcome::without_recheck(KillResult::Gone)))
-                .collect();
+            return KillOutcome::each_or(outcomes, KillResult::Gone);
         }
         let mut ignored: Vec<String> = requests
             .iter()
@@ -549,17 +546,17 @@ impl Provider for AlibabaProvider {
                             "CreateKillInstanceSessionTask returned no task id".to_owned(),
                         ),
                     );
-                    return finish(outcomes);
+                    return KillOutcome::each_or_not_attempted(outcomes);
                 }
             },
             Err(e) if e.surely_not_applied() => {
                 fill(&mut outcomes, KillResult::Failed(e.to_string()));
-                return finish(outcomes);
+                return KillOutcome::each_or_not_attempted(outcomes);
             }
             Err(e) => {
                 // Ambiguous: the task may exist. The next snapshot shows what happened.
                 fill(&mut outcomes, KillResult::Unknown(e.to_string()));
-                return finish(outcomes);
+                return KillOutcome::each_or_not_attempted(outcomes);
             }
         };
         let deadline = tokio::time::Instant::now() + self.cfg.poll_timeout;
@@ -600,7 +597,7 @@ impl Provider for AlibabaProvider {
             Ok(x) => x,
             Err(why) => {
                 fill(&mut outcomes, KillResult::Unknown(why));
-                return finish(outcomes);
+                return KillOutcome::each_or_not_attempted(outcomes);
             }
         };
         let reasons: HashMap<u64, String> = data
@@ -644,19 +641,8 @@ impl Provider for AlibabaProvider {
                 sent_at: Some(sent_at),
             });
         }
-        finish(outcomes)
+        KillOutcome::each_or_not_attempted(outcomes)
     }
-}
-
-fn finish(outcomes: Vec<Option<KillOutcome>>) -> Vec<KillOutcome> {
-    outcomes
-        .into_iter()
-        .map(|o| {
-            o.unwrap_or_else(|| {
-                KillOutcome::without_recheck(KillResult::Failed("not attempted".to_owned()))
-            })
-        })
-        .collect()
 }
 
 #[cfg(test)]

@@ -669,14 +669,7 @@ impl Provider for HuaweiProvider {
                 });
             }
         }
-        outcomes
-            .into_iter()
-            .map(|o| {
-                o.unwrap_or_else(|| {
-                    KillOutcome::without_recheck(KillResult::Failed("not attempted".to_owned()))
-                })
-            })
-            .collect()
+        KillOutcome::each_or_not_attempted(outcomes)
     }
 }
 

@@ -248,6 +248,19 @@ impl KillOutcome {
             sent_at: None,
         }
     }
+
+    /// Each request's outcome, in order: the ones not settled come to `rest`.
+    pub fn each_or(outcomes: Vec<Option<KillOutcome>>, rest: KillResult) -> Vec<KillOutcome> {
+        outcomes
+            .into_iter()
+            .map(|o| o.unwrap_or_else(|| KillOutcome::without_recheck(rest.clone())))
+            .collect()
+    }
+
+    /// `each_or`, for requests that were not attempted.
+    pub fn each_or_not_attempted(outcomes: Vec<Option<KillOutcome>>) -> Vec<KillOutcome> {
+        KillOutcome::each_or(outcomes, KillResult::Failed("not attempted".to_owned()))
+    }
 }
 
 /// A provider error: what failed, never a secret.

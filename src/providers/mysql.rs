@@ -946,11 +946,10 @@ impl Provider for MysqlProvider {
             failure = end.rest.or(failure);
         }
         // Requests left when every lane had stopped.
-        let rest = failure.unwrap_or_else(|| KillResult::Failed("not attempted".to_owned()));
-        outcomes
-            .into_iter()
-            .map(|o| o.unwrap_or_else(|| KillOutcome::without_recheck(rest.clone())))
-            .collect()
+        match failure {
+            Some(rest) => KillOutcome::each_or(outcomes, rest),
+            None => KillOutcome::each_or_not_attempted(outcomes),
+        }
     }
 }
 

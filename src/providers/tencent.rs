@@ -566,14 +566,7 @@ impl Provider for TencentProvider {
                 }
             }
         }
-        outcomes
-            .into_iter()
-            .map(|o| {
-                o.unwrap_or_else(|| {
-                    KillOutcome::without_recheck(KillResult::Failed("not attempted".to_owned()))
-                })
-            })
-            .collect()
+        KillOutcome::each_or_not_attempted(outcomes)
     }
 }
 
