@@ -196,6 +196,23 @@ impl Executor {
                 Verdict::Spared | Verdict::NoMatch => {}
             }
         }
+        // A victim of a policy that another policy due in the same tick claimed
+        // (a kill outranks a would-kill; of two would-kills the first policy's
+        // wins) is still what that policy sees: what it reported of it before
+        // stays reported, so that it is not reported again when it runs alone.
+        for run in &plan.runs {
+            let policy = tick.policies[run.policy];
+            for &si in &run.victims {
+                if plan.decisions[si].policy == Some(run.policy) {
+                    continue;
+                }
+                let s = &snapshot.sessions[si];
+                let key = (s.id, s.query_id);
+                if reported.contains(&policy.name, &key) {
+                    current[run.policy].insert(key);
+                }
+            }
+        }
         for (policy, seen) in tick.policies.iter().zip(current) {
             reported.replace(&policy.name, seen);
         }

@@ -2,10 +2,16 @@
 
 mod support;
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use session_reaper::audit::Event;
+use session_reaper::audit::{Audit, Event, Rotation};
+use session_reaper::config;
+use session_reaper::core::plan::plan;
 use session_reaper::daemon;
+use session_reaper::executor::{Executor, Reported, Tick};
+use session_reaper::metrics::Metrics;
+use session_reaper::providers::Want;
 use support::{Setup, http_get, metric};
 
 fn replay_target() -> String {
@@ -76,5 +82,65 @@ async fn policies_on_different_schedules_report_each_would_kill_once() {
     assert!(
         enforce.iter().all(|r| r.mode == "enforce"),
         "an enforce policy on a replay audits would-kills"
+    );
+}
+
+/// A dry-run policy's would-kill is reported once while it holds, even when a
+/// policy due in the same tick claims the session (the first of two would-kills
+/// wins it) and the policy then runs alone again.
+#[tokio::test]
+async fn a_would_kill_claimed_by_another_policy_for_a_tick_is_not_reported_again() {
+    let setup = Setup::new();
+    setup.config(&format!("ignored_users: [etl]\n{}", replay_target()));
+    setup.policy(
+        "apps.yaml",
+        "name: apps\nschedule: every 1s\nmatch:\n  user: app\n  command: Sleep\n",
+    );
+    setup.policy(
+        "trx.yaml",
+        "name: trx\nschedule: every 1s\nmatch:\n  in_transaction: true\n",
+    );
+    let config = config::load(&setup.config_path()).unwrap();
+    let target = &config.targets[0];
+    let provider = target.factory.build("replay", Arc::new(Metrics::new()));
+    let snapshot = provider.snapshot(&Want::everything()).await.unwrap();
+    let protected = target.protected();
+    let policy = |name: &str| config.policies.iter().find(|p| p.name == name).unwrap();
+    let (apps, trx) = (policy("apps"), policy("trx"));
+    let audit = Arc::new(Audit::new(&setup.audit_path(), Rotation::default()));
+    let executor = Executor::new(audit, Arc::new(Metrics::new()));
+    let mut reported = Reported::new();
+    let mut new_would_kills = Vec::new();
+    for policies in [vec![trx], vec![apps, trx], vec![trx], vec![apps, trx]] {
+        let p = plan(&snapshot, &policies, &protected, chrono::Utc::now());
+        let tick = Tick {
+            target: "replay",
+            provider: provider.as_ref(),
+            policies: &policies,
+            snapshot: &snapshot,
+            plan: &p,
+            protected: &protected,
+            may_kill: &|| true,
+        };
+        let report = executor.execute(&tick, &mut reported).await;
+        new_would_kills.push(report.would_kill_by);
+    }
+    // The replay's open transactions: three of `app`, all idle, and one of the
+    // ignored `etl`. `apps` takes the three in the second tick; `trx` has
+    // reported them already, and does not again when it runs alone.
+    let apps_idle = snapshot
+        .sessions
+        .iter()
+        .filter(|s| s.user.as_deref() == Some("app") && s.command == "Sleep")
+        .count();
+    assert_eq!(
+        new_would_kills,
+        [vec![3], vec![apps_idle, 0], vec![0], vec![0, 0]]
+    );
+    let records = setup.audit();
+    assert_eq!(
+        records.iter().filter(|r| &*r.policy == "trx").count(),
+        3,
+        "{records:#?}"
     );
 }
