@@ -1000,7 +1000,9 @@ impl Runner {
             None => {}
         });
 
-        // Spared sessions, each counted once while it stays spared.
+        // Spared sessions, each counted once while it stays spared. The count
+        // has no policy label: a session spared for a reason is counted once
+        // whichever of the policies that match it claims it in a tick.
         let mut spared_now: Vec<HashSet<(u64, &'static str)>> =
             vec![HashSet::new(); policies.len()];
         for (i, d) in plan.decisions.iter().enumerate() {
@@ -1010,7 +1012,7 @@ impl Runner {
             };
             if let Some(reason) = spare.metric_reason() {
                 let key = (snapshot.sessions[i].id, reason);
-                if !self.spared.contains(&policies[pi].name, &key) {
+                if !self.spared.contains_any(&key) {
                     metrics
                         .spared_total
                         .with_label_values(&[&target, reason])

@@ -72,6 +72,11 @@ impl<K: Eq + Hash> Seen<K> {
         self.by_policy.get(policy).is_some_and(|s| s.contains(key))
     }
 
+    /// Whether any policy saw `key` on its last run.
+    pub fn contains_any(&self, key: &K) -> bool {
+        self.by_policy.values().any(|s| s.contains(key))
+    }
+
     /// What `policy` sees now replaces what it saw on its previous run.
     pub fn replace(&mut self, policy: &str, now: HashSet<K>) {
         self.by_policy.insert(policy.to_owned(), now);

@@ -144,3 +144,41 @@ async fn a_would_kill_claimed_by_another_policy_for_a_tick_is_not_reported_again
         "{records:#?}"
     );
 }
+
+/// A protected session that two policies on different schedules both match is
+/// counted once in `spared_total`, whichever of them a tick runs.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_session_spared_for_two_policies_is_counted_once() {
+    let setup = Setup::new();
+    setup.config(&replay_target());
+    // Both match the replay's five server and replication threads (idle for
+    // months) and nothing else.
+    setup.policy(
+        "often.yaml",
+        "name: often\nschedule: every 30ms\nmatch:\n  min_time: 1h\n",
+    );
+    setup.policy(
+        "seldom.yaml",
+        "name: seldom\nschedule: every 70ms\nmatch:\n  min_time: 1h\n",
+    );
+    let d = daemon::start(&setup.config_path(), Some("127.0.0.1:0".parse().unwrap()))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let (_, page) = http_get(d.addr, "/metrics").await;
+    d.shutdown().await;
+    let runs = metric(
+        &page,
+        "session_reaper_evaluations_total{outcome=\"ok\",policy=\"seldom\",target=\"replay\"}",
+    )
+    .unwrap();
+    assert!(runs >= 5.0, "seldom ran {runs} times");
+    assert_eq!(
+        metric(
+            &page,
+            "session_reaper_spared_total{reason=\"protected_thread\",target=\"replay\"}",
+        ),
+        Some(5.0),
+        "{page}"
+    );
+}
