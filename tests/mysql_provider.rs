@@ -798,3 +798,48 @@ async fn an_unreachable_server_is_an_error_without_the_password() {
         .to_string();
     assert!(err2.contains("next attempt in"), "{err2}");
 }
+
+/// A session the server could not read at its re-check (MariaDB lists it as
+/// `Busy`) is read again in later rounds of the same kill, a few times: killed
+/// once it reads as the session matched, left alone (changed) when it never does.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_session_unreadable_at_its_recheck_is_read_again() {
+    let db = MariaDb::shared();
+    let setup = Setup::new();
+    let Idle {
+        app,
+        conns,
+        p,
+        snap,
+    } = idle_sessions(db, &setup, "unread_app", 2).await;
+    let victims = kills_of(&snap, &app.name);
+    assert_eq!(victims.len(), 2);
+    let (soon, never) = (victims[0].session.id, victims[1].session.id);
+    let reads = std::sync::Mutex::new(std::collections::HashMap::<u64, u32>::new());
+    let recheck = |req: &KillRequest, fresh: Option<&Session>| {
+        let id = req.session.id;
+        let n = {
+            let mut reads = reads.lock().unwrap();
+            let n = reads.entry(id).or_default();
+            *n += 1;
+            *n
+        };
+        match fresh {
+            None => Recheck::Gone,
+            Some(_) if id == never || n < 3 => Recheck::Unreadable("not read".to_owned()),
+            Some(_) => Recheck::Proceed,
+        }
+    };
+    let outcomes = p.kill(&victims, &recheck).await;
+    assert_eq!(outcomes[0].result, KillResult::Killed, "{outcomes:?}");
+    assert!(
+        matches!(&outcomes[1].result, KillResult::Changed(why) if why == "not read"),
+        "{outcomes:?}"
+    );
+    assert!(outcomes[1].sent_at.is_none());
+    let reads = reads.into_inner().unwrap();
+    assert_eq!(reads[&soon], 3, "read until it could be read");
+    assert_eq!(reads[&never], 4, "read once and again three times");
+    assert_eq!(db.ids_of(&app.name).await, vec![never]);
+    drop(conns);
+}

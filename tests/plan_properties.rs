@@ -8,7 +8,7 @@ use proptest::prelude::*;
 use session_reaper::core::glob::Glob;
 use session_reaper::core::plan::{RunOutcome, Spare, Verdict, Why, plan};
 use session_reaper::core::policy::{Action, Limits, Match, Mode, Origin, Policy, Victims};
-use session_reaper::core::protected::{Protected, protection};
+use session_reaper::core::protected::{Protected, Protection, protection};
 use session_reaper::core::session::{Session, Snapshot, Transaction};
 use session_reaper::schedule::Schedule;
 
@@ -40,6 +40,7 @@ const COMMANDS: &[&str] = &[
     "Binlog Dump GTID",
     "Connect",
     "Slave_SQL",
+    "Busy",
 ];
 
 /// Milliseconds, often exactly on a threshold another draw may pick.
@@ -370,6 +371,55 @@ fn an_id_listed_twice_is_never_a_victim() {
     assert_eq!(
         verdicts,
         vec![Verdict::Spared, Verdict::Kill, Verdict::Spared]
+    );
+}
+
+/// A row MariaDB could not read (command `Busy`, state and statement blank) tells
+/// neither a match nor a protection: a binlog dump or replication thread can
+/// look like that. A policy on its user alone does not get it.
+#[test]
+fn a_row_the_server_could_not_read_is_never_a_victim() {
+    let busy = Session {
+        user: Some("repl".to_owned()),
+        command: "Busy".to_owned(),
+        time_ms: 5_000,
+        ..idle_app_session()
+    };
+    let snap = Snapshot {
+        format: Snapshot::FORMAT.to_owned(),
+        target: "t".to_owned(),
+        provider: "mysql".to_owned(),
+        taken_at: now(),
+        server: Default::default(),
+        own_connection_ids: Vec::new(),
+        transactions: true,
+        partial: None,
+        sessions: vec![busy.clone()].into(),
+    };
+    let policy = Policy {
+        name: "repl".to_owned(),
+        targets: Vec::new(),
+        schedule: Schedule::Every(Duration::from_secs(1)),
+        mode: Mode::Enforce,
+        matcher: Match {
+            user: globs(vec!["repl"]),
+            ..Match::default()
+        },
+        action: Action::Kill,
+        victims: Victims::All,
+        limits: Limits::default(),
+        ignored_users: Vec::new(),
+        origin: Origin::default(),
+    };
+    let p = plan(&snap, &[&policy], &Protected::default(), now());
+    assert_eq!(p.decisions[0].verdict, Verdict::Spared);
+    assert_eq!(
+        p.decisions[0].why,
+        Why::Spared(Spare::Protected(Protection::Unreadable))
+    );
+    assert_eq!(
+        protection(&busy, &[], &Protected::default()),
+        Some(Protection::Unreadable)
     );
 }
 

@@ -443,9 +443,7 @@ fn decide_protected(
     protected: &Protected,
 ) -> Vec<Decision> {
     let commands: Vec<Option<Protection>> = (0..index.commands.len() as u32)
-        .map(|c| {
-            command_protection(index.commands.get(c).unwrap_or_default()).map(Protection::Thread)
-        })
+        .map(|c| command_protection(index.commands.get(c).unwrap_or_default()))
         .collect();
     let users: Vec<(Option<Protection>, Option<Protection>)> = (0..index.users.len() as u32)
         .map(|u| {

@@ -46,13 +46,17 @@ pub enum Protection {
     ProviderAccount(String),
     /// The snapshot lists the id twice (on one node): which one would die is unclear.
     DuplicateId,
+    /// The server could not read the session's state when it listed it: MariaDB
+    /// then shows the command `Busy` (and may leave the state and statement
+    /// blank), so neither a match nor a protection can be told from the row.
+    Unreadable,
 }
 
 impl Protection {
     /// The `reason` label of `spared_total`.
     pub fn metric_reason(&self) -> Option<&'static str> {
         Some(match self {
-            Protection::DuplicateId => return None,
+            Protection::DuplicateId | Protection::Unreadable => return None,
             Protection::OwnConnection => "own_connection",
             Protection::UnreadableUser => "unreadable_user",
             Protection::Thread(_) => "protected_thread",
@@ -69,6 +73,9 @@ impl fmt::Display for Protection {
             Protection::Thread(t) => write!(f, "{t}"),
             Protection::ProviderAccount(a) => write!(f, "`{a}` is on the protected account list"),
             Protection::DuplicateId => f.write_str("its id appears twice in the snapshot"),
+            Protection::Unreadable => {
+                f.write_str("the server could not read its state (command `Busy`)")
+            }
         }
     }
 }
@@ -95,8 +102,8 @@ pub fn protection(session: &Session, own_ids: &[u64], protected: &Protected) -> 
     if own_ids.contains(&session.id) {
         return Some(Protection::OwnConnection);
     }
-    if let Some(thread) = command_protection(&session.command) {
-        return Some(Protection::Thread(thread));
+    if let Some(p) = command_protection(&session.command) {
+        return Some(p);
     }
     if let Some(p) = user_protection(session.user.as_deref()) {
         return Some(p);
@@ -110,13 +117,21 @@ pub fn protection(session: &Session, own_ids: &[u64], protected: &Protected) -> 
 // The parts of `protection`, in its order, each a function of one field so that
 // `plan` can work them out once per distinct value.
 
-/// A server or replication thread, by its command.
-pub fn command_protection(command: &str) -> Option<Thread> {
+/// A server or replication thread, by its command, or a row the server could not
+/// read (`UNREADABLE_COMMAND`).
+pub fn command_protection(command: &str) -> Option<Protection> {
+    if command == UNREADABLE_COMMAND {
+        return Some(Protection::Unreadable);
+    }
     PROTECTED_COMMANDS
         .iter()
         .find(|(c, _)| c.eq_ignore_ascii_case(command))
-        .map(|&(_, thread)| thread)
+        .map(|&(_, thread)| Protection::Thread(thread))
 }
+
+/// The command MariaDB lists for a session whose state it could not read (no
+/// command of a session is called so).
+pub const UNREADABLE_COMMAND: &str = "Busy";
 
 /// An unreadable user, or a server thread's user.
 pub fn user_protection(user: Option<&str>) -> Option<Protection> {

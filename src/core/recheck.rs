@@ -2,7 +2,7 @@
 //! fresh row must still be the session that was matched.
 
 use super::policy::{Action, Policy};
-use super::protected::{Protected, protection};
+use super::protected::{Protected, Protection, protection};
 use super::session::Session;
 use crate::fingerprint::Fingerprinter;
 
@@ -14,6 +14,9 @@ pub enum Recheck {
     Gone,
     /// Another user, client or statement, or it no longer matches: not killed.
     Changed(String),
+    /// The server could not read the session's state just now (MariaDB lists it
+    /// as `Busy`): not killed on this row; a provider may read it again.
+    Unreadable(String),
 }
 
 /// Whether `planned` may still be killed, given its `fresh` row. With a policy, the
@@ -48,6 +51,9 @@ pub fn recheck(
         ));
     }
     if let Some(p) = protection(fresh, own_ids, protected) {
+        if p == Protection::Unreadable {
+            return Recheck::Unreadable(format!("not read: {p}"));
+        }
         return Recheck::Changed(format!("now protected: {p}"));
     }
     if action == Action::KillQuery {

@@ -486,7 +486,7 @@ impl Provider for AlibabaProvider {
             .map(|r| match recheck(r, Some(r.session)) {
                 Recheck::Proceed => None,
                 Recheck::Gone => Some(KillOutcome::without_recheck(KillResult::Gone)),
-                Recheck::Changed(why) => {
+                Recheck::Changed(why) | Recheck::Unreadable(why) => {
                     Some(KillOutcome::without_recheck(KillResult::Changed(why)))
                 }
             })

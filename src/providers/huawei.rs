@@ -631,7 +631,7 @@ impl Provider for HuaweiProvider {
                         sent_at: None,
                     })
                 }
-                Recheck::Changed(why) => {
+                Recheck::Changed(why) | Recheck::Unreadable(why) => {
                     outcomes[i] = Some(KillOutcome {
                         result: KillResult::Changed(why),
                         rechecked_at: Some(rechecked_at),

@@ -545,6 +545,7 @@ impl MysqlProvider {
         recheck: &Rechecker<'_>,
         gate: &Gate,
         outcomes: &mut [Option<KillOutcome>],
+        rereads: &mut [u8],
     ) -> RoundEnd<'r> {
         let mut end = RoundEnd::default();
         let ids: Vec<u64> = round.iter().map(|(_, r)| r.session.id).collect();
@@ -596,6 +597,14 @@ impl MysqlProvider {
                 }
                 Recheck::Gone => KillResult::Gone,
                 Recheck::Changed(why) => KillResult::Changed(why),
+                // The server could not read the session just now (it holds a lock
+                // of it briefly): it is read again in a later round, a few times.
+                Recheck::Unreadable(_) if rereads[i] < UNREADABLE_REREADS => {
+                    rereads[i] += 1;
+                    end.again.push((i, req));
+                    continue;
+                }
+                Recheck::Unreadable(why) => KillResult::Changed(why),
             };
             outcomes[i] = Some(KillOutcome {
                 result,
@@ -617,7 +626,7 @@ impl MysqlProvider {
             return RoundEnd::stopped(outcomes, &send, failed, lanes);
         }
         if waited.elapsed() > GATE_RECHECK_AFTER {
-            end.again = send;
+            end.again.append(&mut send);
             return end;
         }
         // A lane whose connection could not be had sits this round out; what its
@@ -627,7 +636,7 @@ impl MysqlProvider {
             .collect();
         let per = send.len().div_ceil(leases.len()).min(KILL_BATCH);
         if send.len() > per * leases.len() {
-            end.again = send.split_off(per * leases.len());
+            end.again.extend(send.split_off(per * leases.len()));
         }
         leases.truncate(send.len().div_ceil(per));
         let packets: Vec<Batch<'r>> = send.chunks(per).map(<[_]>::to_vec).collect();
@@ -851,6 +860,10 @@ const TRX_READ_SPACING: Duration = Duration::from_millis(110);
 static TRX_READS: std::sync::LazyLock<Mutex<HashMap<(String, u16), Instant>>> =
     std::sync::LazyLock::new(Default::default);
 
+/// How many more times a session the server could not read (`Recheck::Unreadable`)
+/// is re-checked in later rounds of one kill before it is left for the next tick.
+const UNREADABLE_REREADS: u8 = 3;
+
 /// At most this many kills go in one packet after one re-check. It bounds the
 /// window between a session's re-check and its kill (a server runs a `KILL` in
 /// tens of microseconds) while keeping re-checks, each a scan of the whole process
@@ -931,11 +944,12 @@ impl Provider for MysqlProvider {
         let size = requests.len().div_ceil(lanes).clamp(1, KILL_BATCH);
         let mut queue: VecDeque<(usize, &KillRequest)> = requests.iter().enumerate().collect();
         let mut outcomes: Vec<Option<KillOutcome>> = vec![None; requests.len()];
+        let mut rereads = vec![0u8; requests.len()];
         let mut failure = None;
         while lanes > 0 && !queue.is_empty() {
             let round: Batch<'_> = queue.drain(..queue.len().min(lanes * size)).collect();
             let end = self
-                .kill_round(round, lanes, recheck, gate, &mut outcomes)
+                .kill_round(round, lanes, recheck, gate, &mut outcomes, &mut rereads)
                 .await;
             // Statements not run, and what a round re-checked but could not send,
             // go first in the next round, re-checked again.
