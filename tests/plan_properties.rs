@@ -340,32 +340,42 @@ fn idle_app_session() -> Session {
     }
 }
 
-#[test]
-fn an_id_listed_twice_is_never_a_victim() {
-    let s = idle_app_session();
-    let snap = Snapshot {
+/// A snapshot of `sessions`, `age_us` microseconds old.
+fn snapshot_of(sessions: Vec<Session>, age_us: i64) -> Snapshot {
+    Snapshot {
         format: Snapshot::FORMAT.to_owned(),
         target: "t".to_owned(),
         provider: "mysql".to_owned(),
-        taken_at: now(),
+        taken_at: now() - chrono::Duration::microseconds(age_us),
         server: Default::default(),
         own_connection_ids: Vec::new(),
         transactions: true,
         partial: None,
-        sessions: vec![s.clone(), Session { id: 8, ..s.clone() }, s].into(),
-    };
-    let policy = Policy {
-        name: "all".to_owned(),
+        sessions: sessions.into(),
+    }
+}
+
+/// An enforce policy killing what `matcher` holds for, every second.
+fn enforce(name: &str, matcher: Match) -> Policy {
+    Policy {
+        name: name.to_owned(),
         targets: Vec::new(),
         schedule: Schedule::Every(Duration::from_secs(1)),
         mode: Mode::Enforce,
-        matcher: Match::default(),
+        matcher,
         action: Action::Kill,
         victims: Victims::All,
         limits: Limits::default(),
         ignored_users: Vec::new(),
         origin: Origin::default(),
-    };
+    }
+}
+
+#[test]
+fn an_id_listed_twice_is_never_a_victim() {
+    let s = idle_app_session();
+    let snap = snapshot_of(vec![s.clone(), Session { id: 8, ..s.clone() }, s], 0);
+    let policy = enforce("all", Match::default());
     let p = plan(&snap, &[&policy], &Protected::default(), now());
     let verdicts: Vec<Verdict> = p.decisions.iter().map(|d| d.verdict).collect();
     assert_eq!(
@@ -385,32 +395,14 @@ fn a_row_the_server_could_not_read_is_never_a_victim() {
         time_ms: 5_000,
         ..idle_app_session()
     };
-    let snap = Snapshot {
-        format: Snapshot::FORMAT.to_owned(),
-        target: "t".to_owned(),
-        provider: "mysql".to_owned(),
-        taken_at: now(),
-        server: Default::default(),
-        own_connection_ids: Vec::new(),
-        transactions: true,
-        partial: None,
-        sessions: vec![busy.clone()].into(),
-    };
-    let policy = Policy {
-        name: "repl".to_owned(),
-        targets: Vec::new(),
-        schedule: Schedule::Every(Duration::from_secs(1)),
-        mode: Mode::Enforce,
-        matcher: Match {
+    let snap = snapshot_of(vec![busy.clone()], 0);
+    let policy = enforce(
+        "repl",
+        Match {
             user: globs(vec!["repl"]),
             ..Match::default()
         },
-        action: Action::Kill,
-        victims: Victims::All,
-        limits: Limits::default(),
-        ignored_users: Vec::new(),
-        origin: Origin::default(),
-    };
+    );
     let p = plan(&snap, &[&policy], &Protected::default(), now());
     assert_eq!(p.decisions[0].verdict, Verdict::Spared);
     assert_eq!(
@@ -426,30 +418,9 @@ fn a_row_the_server_could_not_read_is_never_a_victim() {
 #[test]
 fn staleness_is_measured_below_a_millisecond() {
     let s = idle_app_session();
-    let policy = Policy {
-        name: "all".to_owned(),
-        targets: Vec::new(),
-        schedule: Schedule::Every(Duration::from_secs(1)),
-        mode: Mode::Enforce,
-        matcher: Match::default(),
-        action: Action::Kill,
-        victims: Victims::All,
-        limits: Limits::default(),
-        ignored_users: Vec::new(),
-        origin: Origin::default(),
-    };
+    let policy = enforce("all", Match::default());
     let kills = |age_us: i64, max: Duration| {
-        let snap = Snapshot {
-            format: Snapshot::FORMAT.to_owned(),
-            target: "t".to_owned(),
-            provider: "mysql".to_owned(),
-            taken_at: now() - chrono::Duration::microseconds(age_us),
-            server: Default::default(),
-            own_connection_ids: Vec::new(),
-            transactions: true,
-            partial: None,
-            sessions: vec![s.clone()].into(),
-        };
+        let snap = snapshot_of(vec![s.clone()], age_us);
         let protected = Protected {
             accounts: Vec::new(),
             max_snapshot_age: Some(max),
