@@ -384,7 +384,7 @@ fn an_id_listed_twice_is_never_a_victim() {
     );
 }
 
-/// A row MariaDB could not read (command `Busy`, state and statement blank) tells
+/// A row MariaDB could not read (command `Busy`, no database or statement) tells
 /// neither a match nor a protection: a binlog dump or replication thread can
 /// look like that. A policy on its user alone does not get it.
 #[test]

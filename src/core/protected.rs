@@ -46,9 +46,10 @@ pub enum Protection {
     ProviderAccount(String),
     /// The snapshot lists the id twice (on one node): which one would die is unclear.
     DuplicateId,
-    /// The server could not read the session's state when it listed it: MariaDB
-    /// then shows the command `Busy` (and may leave the state and statement
-    /// blank), so neither a match nor a protection can be told from the row.
+    /// The server could not read the session when it listed it: MariaDB lists a
+    /// session whose data lock another thread holds (its `trylock` fails) with
+    /// the command `Busy` and no database or statement, so neither a match nor a
+    /// protection can be told from the row.
     Unreadable,
 }
 

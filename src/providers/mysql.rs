@@ -597,8 +597,9 @@ impl MysqlProvider {
                 }
                 Recheck::Gone => KillResult::Gone,
                 Recheck::Changed(why) => KillResult::Changed(why),
-                // The server could not read the session just now (it holds a lock
-                // of it briefly): it is read again in a later round, a few times.
+                // The server could not read the session just now (another thread
+                // held its data lock): it is read again in later rounds, a few
+                // times.
                 Recheck::Unreadable(_) if rereads[i] < UNREADABLE_REREADS => {
                     rereads[i] += 1;
                     end.again.push((i, req));
