@@ -74,9 +74,7 @@ impl fmt::Display for Protection {
             Protection::Thread(t) => write!(f, "{t}"),
             Protection::ProviderAccount(a) => write!(f, "`{a}` is on the protected account list"),
             Protection::DuplicateId => f.write_str("its id appears twice in the snapshot"),
-            Protection::Unreadable => {
-                f.write_str("the server could not read its state (command `Busy`)")
-            }
+            Protection::Unreadable => f.write_str("the server could not read it (command `Busy`)"),
         }
     }
 }
