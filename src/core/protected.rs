@@ -128,8 +128,8 @@ pub fn command_protection(command: &str) -> Option<Protection> {
         .map(|&(_, thread)| Protection::Thread(thread))
 }
 
-/// The command MariaDB lists for a session whose state it could not read (no
-/// command of a session is called so).
+/// The command MariaDB lists for a session it could not read (no command of a
+/// session is called so).
 pub const UNREADABLE_COMMAND: &str = "Busy";
 
 /// An unreadable user, or a server thread's user.

@@ -14,8 +14,8 @@ pub enum Recheck {
     Gone,
     /// Another user, client or statement, or it no longer matches: not killed.
     Changed(String),
-    /// The server could not read the session's state just now (MariaDB lists it
-    /// as `Busy`): not killed on this row; a provider may read it again.
+    /// The server could not read the session just now (MariaDB lists it as
+    /// `Busy`): not killed on this row; a provider may read it again.
     Unreadable(String),
 }
 

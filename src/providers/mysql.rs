@@ -952,8 +952,9 @@ impl Provider for MysqlProvider {
             let end = self
                 .kill_round(round, lanes, recheck, gate, &mut outcomes, &mut rereads)
                 .await;
-            // Statements not run, and what a round re-checked but could not send,
-            // go first in the next round, re-checked again.
+            // Statements not run, what a round re-checked but could not send, and
+            // sessions the server could not read go first in the next round,
+            // re-checked again.
             for item in end.again.into_iter().rev() {
                 queue.push_front(item);
             }
