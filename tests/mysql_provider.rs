@@ -585,6 +585,41 @@ async fn the_first_snapshot_opens_the_pool() {
     drop(snap);
 }
 
+/// A first snapshot that must wait before reading `INNODB_TRX` (another read of it
+/// came just before) holds no connection while it waits. The warm-up beside it
+/// must not open the whole pool then, or the snapshot, finding no idle connection
+/// yet, opens one more than `pool_size`. Each attempt lands the wait's end a little
+/// later, so that some of them end it while the warm-up is still connecting.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_first_snapshot_waiting_to_read_innodb_trx_opens_no_more_than_the_pool() {
+    let db = MariaDb::shared();
+    let setup = Setup::new();
+    let other = provider(&setup, db, &db.reaper_user().await);
+    let mut over = Vec::new();
+    for attempt in 0..24u64 {
+        let reaper = db
+            .create_user("trx_pool", Some("PROCESS, CONNECTION ADMIN ON *.*"))
+            .await;
+        let target = setup.mysql_target("db", db, &reaper);
+        let path = setup.config(&format!("targets:\n{target}    pool_size: 2\n"));
+        let p = config::load(&path).expect("valid config").targets[0]
+            .factory
+            .build("db", Arc::new(Metrics::new()));
+        other.snapshot(&Want::everything()).await.unwrap();
+        // Our next read of `INNODB_TRX` waits until 110 ms after that one.
+        tokio::time::sleep(Duration::from_micros(100_000 + attempt * 500)).await;
+        p.snapshot(&Want::everything()).await.unwrap();
+        let open = db.ids_of(&reaper.name).await.len();
+        if open > 2 {
+            over.push((attempt, open));
+        }
+    }
+    assert!(
+        over.is_empty(),
+        "(attempt, connections open) where the pool is 2: {over:?}"
+    );
+}
+
 /// Kills go several to a packet; the server stops at the first error and runs none
 /// of the statements after it. Those must be re-checked and sent again, and the
 /// one that failed reported for what it is.

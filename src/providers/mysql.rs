@@ -439,9 +439,17 @@ impl MysqlProvider {
     /// connection opens its own, as it would have.
     async fn warm_up(&self) {
         let idle = self.idle.lock().map(|v| v.len()).unwrap_or(0);
-        // The snapshot being read holds one permit.
+        // The snapshot being read holds one permit, unless it is still waiting to
+        // read `INNODB_TRX` (`TRX_READ_SPACING`).
         let missing = self.permits.available_permits().saturating_sub(idle);
         futures::future::join_all((0..missing).map(|_| async {
+            // Each opens under a permit, as a lease's own would: a snapshot that
+            // did not hold its permit yet (it was waiting to read `INNODB_TRX`)
+            // then waits for one of these instead of opening one more than
+            // `pool_size`.
+            let Ok(_permit) = self.permits.try_acquire() else {
+                return;
+            };
             if let Ok(conn) = self.connect().await
                 && let Ok(mut idle) = self.idle.lock()
             {
