@@ -15,8 +15,19 @@ use session_reaper::providers::{KillRequest, KillResult, Needs, Provider, Want, 
 use support::{MariaDb, Setup, wait_until};
 
 fn provider(setup: &Setup, db: &MariaDb, reaper: &support::User) -> Arc<dyn Provider> {
+    provider_with(setup, db, reaper, "")
+}
+
+/// `provider`, with more settings of the target (indented lines, such as
+/// `"    pool_size: 3\n"`).
+fn provider_with(
+    setup: &Setup,
+    db: &MariaDb,
+    reaper: &support::User,
+    settings: &str,
+) -> Arc<dyn Provider> {
     let target = setup.mysql_target("db", db, reaper);
-    let path = setup.config(&format!("targets:\n{target}"));
+    let path = setup.config(&format!("targets:\n{target}{settings}"));
     let config = config::load(&path).expect("valid config");
     config.targets[0]
         .factory
@@ -561,12 +572,7 @@ async fn the_first_snapshot_opens_the_pool() {
     let reaper = db
         .create_user("warm_reaper", Some("PROCESS, CONNECTION ADMIN ON *.*"))
         .await;
-    let target = setup.mysql_target("db", db, &reaper);
-    let path = setup.config(&format!("targets:\n{target}    pool_size: 3\n"));
-    let config = config::load(&path).expect("valid config");
-    let p = config.targets[0]
-        .factory
-        .build("db", Arc::new(Metrics::new()));
+    let p = provider_with(&setup, db, &reaper, "    pool_size: 3\n");
     let snap = p.snapshot(&Want::everything()).await.unwrap();
     let ours = db.ids_of(&reaper.name).await;
     assert_eq!(ours.len(), 3, "the pool's three connections are open");
@@ -600,11 +606,7 @@ async fn a_first_snapshot_waiting_to_read_innodb_trx_opens_no_more_than_the_pool
         let reaper = db
             .create_user("trx_pool", Some("PROCESS, CONNECTION ADMIN ON *.*"))
             .await;
-        let target = setup.mysql_target("db", db, &reaper);
-        let path = setup.config(&format!("targets:\n{target}    pool_size: 2\n"));
-        let p = config::load(&path).expect("valid config").targets[0]
-            .factory
-            .build("db", Arc::new(Metrics::new()));
+        let p = provider_with(&setup, db, &reaper, "    pool_size: 2\n");
         other.snapshot(&Want::everything()).await.unwrap();
         // Our next read of `INNODB_TRX` waits until 110 ms after that one.
         tokio::time::sleep(Duration::from_micros(100_000 + attempt * 500)).await;
@@ -631,14 +633,7 @@ async fn kills_after_a_failed_one_in_the_same_packet_are_sent_again() {
     let app = db.create_user("batch_app", None).await;
     let _conns = db.open_idle(&app, 4).await;
     // One connection: every kill of this test goes in one packet.
-    let target = format!(
-        "{}    pool_size: 1\n",
-        setup.mysql_target("db", db, &reaper)
-    );
-    let config = config::load(&setup.config(&format!("targets:\n{target}"))).unwrap();
-    let p = config.targets[0]
-        .factory
-        .build("db", Arc::new(Metrics::new()));
+    let p = provider_with(&setup, db, &reaper, "    pool_size: 1\n");
     let snap = p.snapshot(&Want::everything()).await.unwrap();
     let mut victims = kills_of(&snap, &app.name);
     assert_eq!(victims.len(), 4);

@@ -443,10 +443,9 @@ impl MysqlProvider {
         // read `INNODB_TRX` (`TRX_READ_SPACING`).
         let missing = self.permits.available_permits().saturating_sub(idle);
         futures::future::join_all((0..missing).map(|_| async {
-            // Each opens under a permit, as a lease's own would: a snapshot that
-            // did not hold its permit yet (it was waiting to read `INNODB_TRX`)
-            // then waits for one of these instead of opening one more than
-            // `pool_size`.
+            // Each opens under a permit, as a lease's own would, so that such a
+            // waiting snapshot takes one of these instead of opening one more
+            // than `pool_size`.
             let Ok(_permit) = self.permits.try_acquire() else {
                 return;
             };
