@@ -7,7 +7,9 @@ use chrono::{TimeZone, Utc};
 use proptest::prelude::*;
 use session_reaper::core::glob::Glob;
 use session_reaper::core::plan::{RunOutcome, Spare, Verdict, Why, plan};
-use session_reaper::core::policy::{Action, Limits, Match, Mode, Origin, Policy, Victims};
+use session_reaper::core::policy::{
+    Action, Limits, Match, Mode, Origin, Policy, SqlPatterns, Victims,
+};
 use session_reaper::core::protected::{Protected, Protection, protection};
 use session_reaper::core::session::{Session, Snapshot, Transaction};
 use session_reaper::schedule::Schedule;
@@ -163,6 +165,10 @@ fn policy() -> impl Strategy<Value = Policy> {
                 0..2,
             ),
             prop::collection::vec(prop::sample::select(&["t1"][..]), 0..2),
+            prop::option::of(prop::collection::vec(
+                prop::sample::select(&["(?i)^select", "id = 5$", "UPDATE", "^$"][..]),
+                1..3,
+            )),
         ),
     )
         .prop_map(
@@ -174,7 +180,7 @@ fn policy() -> impl Strategy<Value = Policy> {
                 ignored,
                 (enforce, kill_query, victims),
                 (max_kills, max_fraction),
-                (not_user, host, db, state, max_time, min_trx, templates, template_ids),
+                (not_user, host, db, state, max_time, min_trx, templates, template_ids, sql),
             )| Policy {
                 name: "p".to_owned(),
                 targets: Vec::new(),
@@ -196,7 +202,9 @@ fn policy() -> impl Strategy<Value = Policy> {
                         .map(session_reaper::fingerprint::fingerprint)
                         .collect(),
                     template_id: template_ids.into_iter().map(str::to_owned).collect(),
-                    ..Match::default()
+                    sql: sql.map(|patterns| SqlPatterns {
+                        set: regex::RegexSet::new(patterns).expect("the patterns compile"),
+                    }),
                 },
                 action: if kill_query {
                     Action::KillQuery

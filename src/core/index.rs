@@ -159,6 +159,8 @@ pub(crate) struct Row {
 pub(crate) struct Needs {
     pub host: bool,
     pub db: bool,
+    /// The statements (`sql`, `sql_template`).
+    pub sql: bool,
 }
 
 impl Needs {
@@ -166,6 +168,7 @@ impl Needs {
         matchers.into_iter().fold(Needs::default(), |n, m| Needs {
             host: n.host || !m.host.is_empty(),
             db: n.db || !m.db.is_empty(),
+            sql: n.sql || m.needs_sql(),
         })
     }
 }
@@ -185,6 +188,9 @@ pub(crate) struct Index<'a> {
     pub fields: Vec<[u32; 3]>,
     /// Each session's id and node id, in snapshot order.
     pub ids: Vec<(u64, u32)>,
+    /// Each session's statement, in snapshot order, when a policy reads them:
+    /// read here in one pass, not from each session as a policy visits it.
+    pub sql: Vec<Option<&'a str>>,
 }
 
 impl<'a> Index<'a> {
@@ -196,11 +202,21 @@ impl<'a> Index<'a> {
         let mut states = Values::new();
         let mut nodes = Values::new();
         let mut ids = Vec::with_capacity(snapshot.sessions.len());
+        let mut sql = Vec::with_capacity(if needs.sql {
+            snapshot.sessions.len()
+        } else {
+            0
+        });
         let unsorted: Vec<Row> = snapshot
             .sessions
             .iter()
             .enumerate()
-            .inspect(|(_, s)| ids.push((s.id, nodes.id(s.node.as_deref()))))
+            .inspect(|(_, s)| {
+                ids.push((s.id, nodes.id(s.node.as_deref())));
+                if needs.sql {
+                    sql.push(s.sql.as_deref());
+                }
+            })
             .map(|(i, s)| Row {
                 session: i as u32,
                 user: users.id(s.user.as_deref()),
@@ -247,6 +263,7 @@ impl<'a> Index<'a> {
             start,
             fields,
             ids,
+            sql,
         }
     }
 
@@ -377,14 +394,15 @@ impl<'m> Matcher<'m> {
             })
     }
 
-    /// Whether every condition but `user`, `not_user` and `command` holds.
+    /// Whether every condition but `user`, `not_user`, `command` and
+    /// `sql_template` holds (the caller checks the templates of many sessions at
+    /// once with `FingerprintCache::retain_templates`).
     pub(crate) fn holds_beyond_user_and_command(
         &mut self,
         index: &Index<'_>,
         row: &Row,
         sessions: &[Session],
         transactions: bool,
-        fingerprints: &mut FingerprintCache,
     ) -> bool {
         let m = self.m;
         let si = row.session as usize;
@@ -447,23 +465,16 @@ impl<'m> Matcher<'m> {
             }
         }
         if let Some(patterns) = &m.sql
-            && !sessions[si]
-                .sql
-                .as_deref()
-                .is_some_and(|sql| patterns.set.is_match(sql))
+            && !index.sql[si].is_some_and(|sql| patterns.set.is_match(sql))
         {
             return false;
         }
-        if !self.templates.is_empty() {
-            // A session seen before is answered without reading it again.
-            let Some(fp) = fingerprints.of_session(si, || sessions[si].sql.as_deref()) else {
-                return false;
-            };
-            if !self.templates.contains(&fp) {
-                return false;
-            }
-        }
         true
+    }
+
+    /// The ids of the policy's `sql_template`s; empty when it names none.
+    pub(crate) fn templates(&self) -> &[u32] {
+        &self.templates
     }
 }
 
@@ -507,19 +518,74 @@ impl FingerprintCache {
             .unwrap_or(NOT_A_TEMPLATE + 1)
     }
 
-    /// The template id of session `si`'s fingerprint (`NOT_A_TEMPLATE` when it is
-    /// none); `sql` reads its statement when that is not known yet.
+    /// Keeps the `(session, _)` pairs whose statement's fingerprint is one of
+    /// `templates`; `sql` holds every session's statement. A session seen before is
+    /// answered without reading its statement again.
+    ///
+    /// The statements are fingerprinted in snapshot order, each one's first bytes
+    /// fetched from memory four statements ahead: most are read here for the
+    /// first time in the plan, and `perf` showed half of the fingerprinting time
+    /// waiting for them. `plan` 100k × 50 (AMD EPYC, A/B of four rounds): 13.8–14.8
+    /// ms without the prefetch, 10.7–13.3 ms with it.
+    pub(crate) fn retain_templates(
+        &mut self,
+        pairs: &mut Vec<(u32, u32)>,
+        sql: &[Option<&str>],
+        templates: &[u32],
+    ) {
+        if self.by_session.len() < sql.len() {
+            self.by_session.resize(sql.len(), 0);
+        }
+        pairs.sort_unstable();
+        const AHEAD: usize = 4;
+        for &(si, _) in pairs.iter().take(AHEAD) {
+            self.prefetch(si as usize, sql);
+        }
+        let mut kept = 0;
+        for i in 0..pairs.len() {
+            if let Some(&(ahead, _)) = pairs.get(i + AHEAD) {
+                self.prefetch(ahead as usize, sql);
+            }
+            let si = pairs[i].0 as usize;
+            if self.by_session[si] == 0 {
+                let id = match sql[si] {
+                    Some(statement) => {
+                        let fp = self.fingerprinter.fingerprint(statement);
+                        self.templates.get(fp).copied().unwrap_or(NOT_A_TEMPLATE)
+                    }
+                    None => NOT_A_TEMPLATE,
+                };
+                self.by_session[si] = id + 1;
+            }
+            if templates.contains(&(self.by_session[si] - 1)) {
+                pairs[kept] = pairs[i];
+                kept += 1;
+            }
+        }
+        pairs.truncate(kept);
+    }
+
+    /// Asks the CPU to fetch the start of session `si`'s statement, if it is to be
+    /// fingerprinted.
     #[inline]
-    fn of_session<'s>(&mut self, si: usize, sql: impl FnOnce() -> Option<&'s str>) -> Option<u32> {
-        if self.by_session.len() <= si {
-            self.by_session.resize(si + 1, 0);
+    fn prefetch(&self, si: usize, sql: &[Option<&str>]) {
+        #[cfg(target_arch = "x86_64")]
+        if self.by_session[si] == 0
+            && let Some(statement) = sql[si]
+        {
+            use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+            let p = statement.as_ptr().cast::<i8>();
+            // SAFETY: a prefetch is a hint that reads nothing and cannot fault;
+            // `p` and `p + 64` (when within the statement) are addresses of it.
+            unsafe {
+                _mm_prefetch::<_MM_HINT_T0>(p);
+                if statement.len() > 64 {
+                    _mm_prefetch::<_MM_HINT_T0>(p.add(64));
+                }
+            }
         }
-        if self.by_session[si] == 0 {
-            let fp = self.fingerprinter.fingerprint(sql()?);
-            let id = self.templates.get(fp).copied().unwrap_or(NOT_A_TEMPLATE);
-            self.by_session[si] = id + 1;
-        }
-        Some(self.by_session[si] - 1)
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = (si, sql);
     }
 }
 

@@ -234,6 +234,9 @@ pub fn plan(
         let mut matcher = Matcher::new(&policy.matcher, &index, &mut fingerprints);
         let mut ignored: Vec<Option<Option<&Glob>>> = vec![None; index.users.len()];
         matching.clear();
+        // A policy with `sql_template`s checks them last, on every session the
+        // other conditions hold for at once.
+        let templated = !matcher.templates().is_empty();
         let commands: Vec<u32> = (0..index.commands.len() as u32)
             .filter(|&c| matcher.command_holds(&index, c))
             .collect();
@@ -248,12 +251,14 @@ pub fn plan(
                         row,
                         &snapshot.sessions,
                         snapshot.transactions,
-                        &mut fingerprints,
                     ) {
                         matching.push((row.session, row.user));
                     }
                 }
             }
+        }
+        if templated {
+            fingerprints.retain_templates(&mut matching, &index.sql, matcher.templates());
         }
         matching.sort_unstable();
         let matched = matching.len();
