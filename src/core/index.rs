@@ -518,9 +518,9 @@ impl FingerprintCache {
             .unwrap_or(NOT_A_TEMPLATE + 1)
     }
 
-    /// Keeps the `(session, _)` pairs whose statement's fingerprint is one of
-    /// `templates`; `sql` holds every session's statement. A session seen before is
-    /// answered without reading its statement again.
+    /// Keeps the `(session, _)` pairs, ascending, whose statement's fingerprint is
+    /// one of `templates`; `sql` holds every session's statement. A session seen
+    /// before is answered without reading its statement again.
     ///
     /// The statements are fingerprinted in snapshot order, each one's first bytes
     /// fetched from memory four statements ahead: most are read here for the
@@ -536,7 +536,7 @@ impl FingerprintCache {
         if self.by_session.len() < sql.len() {
             self.by_session.resize(sql.len(), 0);
         }
-        pairs.sort_unstable();
+        debug_assert!(pairs.is_sorted());
         const AHEAD: usize = 4;
         for &(si, _) in pairs.iter().take(AHEAD) {
             self.prefetch(si as usize, sql);

@@ -257,10 +257,10 @@ pub fn plan(
                 }
             }
         }
+        matching.sort_unstable();
         if templated {
             fingerprints.retain_templates(&mut matching, &index.sql, matcher.templates());
         }
-        matching.sort_unstable();
         let matched = matching.len();
         let mut candidates = Vec::new();
         for &(si, user) in &matching {
