@@ -234,9 +234,6 @@ pub fn plan(
         let mut matcher = Matcher::new(&policy.matcher, &index, &mut fingerprints);
         let mut ignored: Vec<Option<Option<&Glob>>> = vec![None; index.users.len()];
         matching.clear();
-        // A policy with `sql_template`s checks them last, on every session the
-        // other conditions hold for at once.
-        let templated = !matcher.templates().is_empty();
         let commands: Vec<u32> = (0..index.commands.len() as u32)
             .filter(|&c| matcher.command_holds(&index, c))
             .collect();
@@ -258,7 +255,9 @@ pub fn plan(
             }
         }
         matching.sort_unstable();
-        if templated {
+        // A policy with `sql_template`s checks them last, on every session the
+        // other conditions hold for at once.
+        if !matcher.templates().is_empty() {
             fingerprints.retain_templates(&mut matching, &index.sql, matcher.templates());
         }
         let matched = matching.len();
