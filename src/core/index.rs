@@ -518,7 +518,7 @@ impl FingerprintCache {
             .unwrap_or(NOT_A_TEMPLATE + 1)
     }
 
-    /// Keeps the `(session, _)` pairs, ascending, whose statement's fingerprint is
+    /// Keeps the sessions (indexes, ascending) whose statement's fingerprint is
     /// one of `templates`; `sql` holds every session's statement. A session seen
     /// before is answered without reading its statement again.
     ///
@@ -529,24 +529,24 @@ impl FingerprintCache {
     /// ms without the prefetch, 10.7–13.3 ms with it.
     pub(crate) fn retain_templates(
         &mut self,
-        pairs: &mut Vec<(u32, u32)>,
+        sessions: &mut Vec<u32>,
         sql: &[Option<&str>],
         templates: &[u32],
     ) {
         if self.by_session.len() < sql.len() {
             self.by_session.resize(sql.len(), 0);
         }
-        debug_assert!(pairs.is_sorted());
+        debug_assert!(sessions.is_sorted());
         const AHEAD: usize = 4;
-        for &(si, _) in pairs.iter().take(AHEAD) {
+        for &si in sessions.iter().take(AHEAD) {
             self.prefetch(si as usize, sql);
         }
         let mut kept = 0;
-        for i in 0..pairs.len() {
-            if let Some(&(ahead, _)) = pairs.get(i + AHEAD) {
+        for i in 0..sessions.len() {
+            if let Some(&ahead) = sessions.get(i + AHEAD) {
                 self.prefetch(ahead as usize, sql);
             }
-            let si = pairs[i].0 as usize;
+            let si = sessions[i] as usize;
             if self.by_session[si] == 0 {
                 let id = match sql[si] {
                     Some(statement) => {
@@ -558,11 +558,11 @@ impl FingerprintCache {
                 self.by_session[si] = id + 1;
             }
             if templates.contains(&(self.by_session[si] - 1)) {
-                pairs[kept] = pairs[i];
+                sessions[kept] = sessions[i];
                 kept += 1;
             }
         }
-        pairs.truncate(kept);
+        sessions.truncate(kept);
     }
 
     /// Asks the CPU to fetch the start of session `si`'s statement, if it is to be

@@ -226,7 +226,8 @@ pub fn plan(
             .flat_map(|p| p.matcher.sql_template.iter().map(String::as_str)),
     );
     let mut runs = Vec::with_capacity(policies.len());
-    let mut matching: Vec<(u32, u32)> = Vec::new();
+    let mut matching: Vec<u32> = Vec::new();
+    let mut marks: Vec<u64> = Vec::new();
     for (pi, policy) in policies.iter().enumerate() {
         // The sessions the policy's `match` holds for, ascending. A policy that
         // names users or commands visits only those users' sessions running those
@@ -249,12 +250,12 @@ pub fn plan(
                         &snapshot.sessions,
                         snapshot.transactions,
                     ) {
-                        matching.push((row.session, row.user));
+                        matching.push(row.session);
                     }
                 }
             }
         }
-        matching.sort_unstable();
+        in_snapshot_order(&mut matching, &mut marks);
         // A policy with `sql_template`s checks them last, on every session the
         // other conditions hold for at once.
         if !matcher.templates().is_empty() {
@@ -262,8 +263,9 @@ pub fn plan(
         }
         let matched = matching.len();
         let mut candidates = Vec::new();
-        for &(si, user) in &matching {
+        for &si in &matching {
             let si = si as usize;
+            let user = index.fields[si][0];
             if is_protected(&decisions[si]) {
                 claim_spared(&mut decisions[si], pi, None);
                 continue;
@@ -333,6 +335,44 @@ pub fn plan(
         blocked,
         decisions,
         runs,
+    }
+}
+
+/// Puts a policy's matching sessions, each listed once, in snapshot order.
+/// They come grouped by user and command, each group ascending. Many are marked
+/// in a bitset of the sessions they span, which is then read back in order: a
+/// pass over `span / 64` words instead of a sort's `m log m` compares (callgrind,
+/// `plan` 100k × 50: the sort was 17 % of the instructions). `marks` is all
+/// zeros before and after.
+fn in_snapshot_order(sessions: &mut Vec<u32>, marks: &mut Vec<u64>) {
+    if sessions.is_empty() {
+        return;
+    }
+    let (lo, hi) = sessions
+        .iter()
+        .fold((u32::MAX, 0), |(lo, hi), &si| (lo.min(si), hi.max(si)));
+    let (first, last) = (lo as usize / 64, hi as usize / 64);
+    // Few matches spread thin: the sort is cheaper.
+    if sessions.len() < 64 || last - first >= 4 * sessions.len() {
+        sessions.sort_unstable();
+        return;
+    }
+    if marks.len() <= last {
+        marks.resize(last + 1, 0);
+    }
+    for &si in sessions.iter() {
+        let word = &mut marks[si as usize / 64];
+        debug_assert_eq!(*word & 1 << (si % 64), 0, "session {si} matched twice");
+        *word |= 1 << (si % 64);
+    }
+    sessions.clear();
+    for (w, word) in marks[first..=last].iter_mut().enumerate() {
+        let mut bits = std::mem::take(word);
+        while bits != 0 {
+            let si = (first + w) * 64 + bits.trailing_zeros() as usize;
+            bits &= bits - 1;
+            sessions.push(si as u32);
+        }
     }
 }
 
@@ -461,6 +501,13 @@ fn decide_protected(
     let states: Vec<bool> = (0..index.states.len() as u32)
         .map(|s| index.states.get(s).is_some_and(replication_state))
         .collect();
+    // Most sessions are of a user, command and state that protect nothing: told
+    // by three lookups, without building the chain of checks below.
+    let plain_commands: Vec<bool> = commands.iter().map(Option::is_none).collect();
+    let plain_users: Vec<bool> = users
+        .iter()
+        .map(|(early, account)| early.is_none() && account.is_none())
+        .collect();
     let own = &snapshot.own_connection_ids;
     index
         .ids
@@ -469,6 +516,12 @@ fn decide_protected(
         .map(|(&(id, _), &[user, command, state])| {
             if own.contains(&id) {
                 return Some(Protection::OwnConnection);
+            }
+            if plain_commands[command as usize]
+                && plain_users[user as usize]
+                && !states[state as usize]
+            {
+                return None;
             }
             let (early, account) = &users[user as usize];
             commands[command as usize]
@@ -645,4 +698,43 @@ pub fn plan_manual(
         }],
     };
     (plan, refused)
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::in_snapshot_order;
+
+    proptest! {
+        /// Whichever road it takes (a sort, or the bitset for many matches), the
+        /// sessions come out ascending, none lost, and the bitset is left clear
+        /// for the next policy.
+        #[test]
+        fn matches_come_out_in_snapshot_order(
+            picks in prop::collection::vec(any::<bool>(), 0..3000),
+            dense in 1u32..8,
+            groups in 1usize..6,
+            offset in 0u32..200,
+        ) {
+            let chosen: Vec<u32> = picks
+                .iter()
+                .enumerate()
+                .filter(|&(i, &p)| p && (i as u32).is_multiple_of(dense))
+                .map(|(i, _)| offset + i as u32)
+                .collect();
+            // Grouped as the index hands them out: runs, each ascending.
+            let mut grouped = Vec::new();
+            for g in 0..groups {
+                grouped.extend(chosen.iter().copied().filter(|si| *si as usize % groups == g));
+            }
+            let mut marks = Vec::new();
+            for _ in 0..2 {
+                let mut sessions = grouped.clone();
+                in_snapshot_order(&mut sessions, &mut marks);
+                prop_assert_eq!(&sessions, &chosen);
+                prop_assert!(marks.iter().all(|w| *w == 0));
+            }
+        }
+    }
 }
