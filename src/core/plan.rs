@@ -501,13 +501,6 @@ fn decide_protected(
     let states: Vec<bool> = (0..index.states.len() as u32)
         .map(|s| index.states.get(s).is_some_and(replication_state))
         .collect();
-    // Most sessions are of a user, command and state that protect nothing: told
-    // by three lookups, without building the chain of checks below.
-    let plain_commands: Vec<bool> = commands.iter().map(Option::is_none).collect();
-    let plain_users: Vec<bool> = users
-        .iter()
-        .map(|(early, account)| early.is_none() && account.is_none())
-        .collect();
     let own = &snapshot.own_connection_ids;
     index
         .ids
@@ -517,19 +510,18 @@ fn decide_protected(
             if own.contains(&id) {
                 return Some(Protection::OwnConnection);
             }
-            if plain_commands[command as usize]
-                && plain_users[user as usize]
-                && !states[state as usize]
-            {
+            let by_command = &commands[command as usize];
+            let (early, account) = &users[user as usize];
+            let replication = states[state as usize];
+            // Most sessions: nothing protects them, and nothing is cloned.
+            if by_command.is_none() && early.is_none() && !replication && account.is_none() {
                 return None;
             }
-            let (early, account) = &users[user as usize];
-            commands[command as usize]
+            by_command
                 .clone()
                 .or_else(|| early.clone())
                 .or_else(|| {
-                    states[state as usize]
-                        .then_some(Protection::Thread(super::protected::Thread::Replication))
+                    replication.then_some(Protection::Thread(super::protected::Thread::Replication))
                 })
                 .or_else(|| account.clone())
         })
