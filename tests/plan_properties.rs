@@ -263,6 +263,17 @@ proptest! {
                 prop_assert_eq!(policy.mode, Mode::Enforce);
             }
         }
+        // A run's victims (what its limits and reports count) hold no protected
+        // or ignored session either.
+        for run in &plan.runs {
+            let policy = refs[run.policy];
+            for &si in &run.victims {
+                let s = &snap.sessions[si];
+                prop_assert!(protection(s, &snap.own_connection_ids, &protected).is_none(), "protected {:?} is a victim of {}", s, policy.name);
+                let user = s.user.as_deref().unwrap_or_default();
+                prop_assert!(policy.ignores(user).is_none(), "ignored {:?} is a victim of {}", s, policy.name);
+            }
+        }
     }
 
     /// `plan` works the conditions out per distinct value and per user; what it
@@ -390,6 +401,8 @@ fn an_id_listed_twice_is_never_a_victim() {
         verdicts,
         vec![Verdict::Spared, Verdict::Kill, Verdict::Spared]
     );
+    // Nor is it counted among the run's victims.
+    assert_eq!(p.runs[0].victims, vec![1]);
 }
 
 /// A row MariaDB could not read (command `Busy`, no database or statement) tells
