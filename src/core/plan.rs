@@ -213,6 +213,8 @@ pub fn plan(
     let blocked = blocked(snapshot, protected, now);
     let index = Index::new(snapshot, Needs::of(policies.iter().map(|p| &p.matcher)));
     // Protected sessions are decided before any policy looks at them.
+    // `is_protected` is set here and below only: no policy makes a session
+    // protected, and `claim` never replaces a protection.
     let (mut decisions, mut is_protected) = decide_protected(snapshot, &index, protected);
     // An id listed twice on one node is ambiguous: neither copy is a victim.
     for i in index.duplicate_ids() {
