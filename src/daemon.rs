@@ -1006,7 +1006,8 @@ impl Runner {
         let mut spared_now: Vec<HashSet<(u64, &'static str)>> =
             vec![HashSet::new(); policies.len()];
         for (i, d) in plan.decisions.iter().enumerate() {
-            let (Verdict::Spared, Some(pi), Why::Spared(spare)) = (d.verdict, d.policy, &d.why)
+            let (Verdict::Spared, Some(pi), Why::Spared(spare)) =
+                (d.verdict, d.policy.map(|p| p as usize), &d.why)
             else {
                 continue;
             };

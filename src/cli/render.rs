@@ -98,7 +98,7 @@ pub fn plan_text(targets: &[TargetPlan<'_>]) -> String {
                 let d = &tp.plan.decisions[i];
                 let policy = d
                     .policy
-                    .map(|p| format!("[{}] ", tp.policies[p].name))
+                    .map(|p| format!("[{}] ", tp.policies[p as usize].name))
                     .unwrap_or_default();
                 let _ = writeln!(
                     out,
@@ -139,7 +139,7 @@ pub fn plan_text(targets: &[TargetPlan<'_>]) -> String {
                 .decisions
                 .iter()
                 .filter(|d| {
-                    d.policy == Some(run.policy)
+                    d.policy == Some(run.policy as u32)
                         && matches!(
                             d.verdict,
                             Verdict::Kill | Verdict::KillQuery | Verdict::WouldKill
@@ -185,7 +185,7 @@ pub fn plan_json(targets: &[TargetPlan<'_>]) -> String {
                         "command": session.command,
                         "time_ms": session.time_ms,
                         "decision": d.verdict.as_str(),
-                        "policy": d.policy.map(|p| tp.policies[p].name.clone()),
+                        "policy": d.policy.map(|p| tp.policies[p as usize].name.clone()),
                         "reason": tp.plan.reason(i, s, &tp.policies),
                     })
                 })
