@@ -207,17 +207,16 @@ impl<'a> Index<'a> {
         } else {
             0
         });
-        let unsorted: Vec<Row> = snapshot
-            .sessions
-            .iter()
-            .enumerate()
-            .inspect(|(_, s)| {
-                ids.push((s.id, nodes.id(s.node.as_deref())));
-                if needs.sql {
-                    sql.push(s.sql.as_deref());
-                }
-            })
-            .map(|(i, s)| Row {
+        // One plain loop: as an iterator chain feeding `collect`, each row came
+        // back from a call through memory.
+        let mut unsorted = Vec::with_capacity(snapshot.sessions.len());
+        let mut fields = Vec::with_capacity(snapshot.sessions.len());
+        for (i, s) in snapshot.sessions.iter().enumerate() {
+            ids.push((s.id, nodes.id(s.node.as_deref())));
+            if needs.sql {
+                sql.push(s.sql.as_deref());
+            }
+            let row = Row {
                 session: i as u32,
                 user: users.id(s.user.as_deref()),
                 command: commands.id(Some(&s.command)),
@@ -230,8 +229,10 @@ impl<'a> Index<'a> {
                 state: states.id(s.state.as_deref()),
                 time_ms: s.time_ms,
                 trx_age_ms: s.trx.as_ref().map_or(u64::MAX, |t| t.age_ms),
-            })
-            .collect();
+            };
+            fields.push([row.user, row.command, row.state]);
+            unsorted.push(row);
+        }
         // A counting sort by (user, command): stable, so each group's sessions
         // stay ascending.
         let group = |r: &Row| r.user as usize * commands.len() + r.command as usize;
@@ -244,10 +245,6 @@ impl<'a> Index<'a> {
         }
         let mut next = start.clone();
         let mut rows = unsorted.clone();
-        let fields = unsorted
-            .iter()
-            .map(|r| [r.user, r.command, r.state])
-            .collect();
         for r in unsorted {
             let slot = &mut next[group(&r)];
             rows[*slot as usize] = r;
