@@ -234,22 +234,26 @@ impl<'a> Index<'a> {
             unsorted.push(row);
         }
         // A counting sort by (user, command): stable, so each group's sessions
-        // stay ascending.
-        let group = |r: &Row| r.user as usize * commands.len() + r.command as usize;
+        // stay ascending. It reads the 12-byte `fields`, sorts the sessions'
+        // indexes, then gathers the rows into place: no copy of the rows to
+        // scatter them into.
+        let group =
+            |&[user, command, _]: &[u32; 3]| user as usize * commands.len() + command as usize;
         let mut start = vec![0u32; users.len() * commands.len() + 1];
-        for r in &unsorted {
-            start[group(r) + 1] += 1;
+        for f in &fields {
+            start[group(f) + 1] += 1;
         }
         for g in 1..start.len() {
             start[g] += start[g - 1];
         }
         let mut next = start.clone();
-        let mut rows = unsorted.clone();
-        for r in unsorted {
-            let slot = &mut next[group(&r)];
-            rows[*slot as usize] = r;
+        let mut order = vec![0u32; fields.len()];
+        for (i, f) in fields.iter().enumerate() {
+            let slot = &mut next[group(f)];
+            order[*slot as usize] = i as u32;
             *slot += 1;
         }
+        let rows = order.iter().map(|&i| unsorted[i as usize]).collect();
         Index {
             users,
             commands,
