@@ -15,7 +15,7 @@
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -159,6 +159,7 @@ impl Factory for MysqlFactory {
             own_ids: Mutex::new(BTreeSet::new()),
             backoff: Mutex::new(Backoff::default()),
             warmed: AtomicBool::new(false),
+            kill_pace_ns: AtomicU64::new(0),
             snapshot_server: Mutex::new(None),
             metrics,
         })
@@ -225,6 +226,9 @@ pub struct MysqlProvider {
     backoff: Mutex<Backoff>,
     /// Whether the pool's connections were opened ahead (`warm_up`, once).
     warmed: AtomicBool,
+    /// How long the server took per `KILL` of the last packet whose answers all
+    /// came, in nanoseconds (0: none yet). See `answers_wait`.
+    kill_pace_ns: AtomicU64,
     /// When the server of the last snapshot started, as that snapshot's
     /// connection saw it, and when that snapshot's read began: a re-check on a
     /// connection opened since, which finds another start time, is reading a
@@ -777,6 +781,11 @@ impl MysqlProvider {
         let mut out = Vec::with_capacity(n);
         let first_at = Instant::now();
         out.push((Answer::Done, first_at));
+        let pace = self.kill_pace_ns.load(Ordering::Relaxed);
+        let wait = answers_wait(pace, n);
+        if !wait.is_zero() && tokio::time::Instant::now() + wait < deadline {
+            tokio::time::sleep(wait).await;
+        }
         // Consuming the (empty) result of statement k reads the answer to statement
         // k + 1: an OK becomes the next pending result, an error is kept and returned
         // when that result is consumed. So the call that consumes statement k tells
@@ -807,8 +816,38 @@ impl MysqlProvider {
         if tokio::time::timeout_at(deadline, read).await.is_err() {
             out.push((failed(None), Instant::now()));
         }
+        if out.len() == n
+            && out.iter().all(|(a, _)| matches!(a, Answer::Done))
+            && let Some(pace) = kill_pace(first_at, out[n - 1].1, n)
+        {
+            self.kill_pace_ns.store(pace, Ordering::Relaxed);
+        }
         out
     }
+}
+
+/// The longest wait before reading a packet's answers.
+const MAX_ANSWERS_WAIT: Duration = Duration::from_millis(50);
+
+/// How long to wait, once the first answer of a packet of `n` kills is read,
+/// before reading the others: three quarters of what the last packet's took at
+/// `pace_ns` a kill. The server sends each answer as it kills; read as they came,
+/// they woke the daemon once for every two or three (a storm of 3,000 kills:
+/// 1,100 wake-ups, about half of its CPU). Read together, most are already there,
+/// and the rest trickle in as before. A kill's recorded answer time is when it
+/// was read, so it is later by up to this wait, never earlier.
+fn answers_wait(pace_ns: u64, n: usize) -> Duration {
+    let rest = pace_ns.saturating_mul(n.saturating_sub(1) as u64);
+    Duration::from_nanos(rest / 4 * 3).min(MAX_ANSWERS_WAIT)
+}
+
+/// The time per kill between a packet's first answer and its last, `n` answers
+/// in all: `None` for a packet of one. Waiting longer than the answers took
+/// makes the next pace shorter, so the wait settles below what the server needs.
+fn kill_pace(first_at: Instant, last_at: Instant, n: usize) -> Option<u64> {
+    let gaps = u64::try_from(n.checked_sub(1)?).ok().filter(|&g| g > 0)?;
+    let took = u64::try_from(last_at.saturating_duration_since(first_at).as_nanos()).ok()?;
+    Some(took / gaps)
 }
 
 /// Requests (with their index) re-checked and killed together.
@@ -1346,5 +1385,37 @@ mod tests {
             one(Flavour::MariaDb, &req(&s, Action::KillQuery)),
             "KILL QUERY 7"
         );
+    }
+
+    /// The wait before reading a packet's answers is three quarters of what the
+    /// last packet's took, never more than `MAX_ANSWERS_WAIT`, and none for a
+    /// packet of one or before any pace is known.
+    #[test]
+    fn answers_are_read_after_three_quarters_of_the_last_packets_pace() {
+        assert_eq!(answers_wait(0, 250), Duration::ZERO);
+        assert_eq!(answers_wait(40_000, 1), Duration::ZERO);
+        assert_eq!(answers_wait(40_000, 0), Duration::ZERO);
+        // 249 answers after the first, 40 µs apart: 9.96 ms, of which 3/4.
+        assert_eq!(answers_wait(40_000, 250), Duration::from_nanos(7_470_000));
+        assert_eq!(answers_wait(1_000_000, 250), MAX_ANSWERS_WAIT);
+        assert_eq!(answers_wait(u64::MAX, usize::MAX), MAX_ANSWERS_WAIT);
+    }
+
+    /// The pace is the time between the first and the last answer over the gaps
+    /// between them; a packet of one, or a clock that went backwards, gives none
+    /// or zero, so no wait follows from it.
+    #[test]
+    fn the_pace_of_kills_is_the_time_per_gap_between_answers() {
+        let t0 = Instant::now();
+        let t1 = t0 + Duration::from_micros(9_960);
+        assert_eq!(kill_pace(t0, t1, 250), Some(40_000));
+        assert_eq!(kill_pace(t0, t1, 1), None);
+        assert_eq!(kill_pace(t0, t1, 0), None);
+        assert_eq!(kill_pace(t1, t0, 250), Some(0));
+        // A wait longer than the answers needed shortens the next one: the pace
+        // measured after waiting W is at most W per gap when all were there.
+        let waited = answers_wait(40_000, 250);
+        let next = kill_pace(t0, t0 + waited, 250).unwrap_or(u64::MAX);
+        assert!(answers_wait(next, 250) < waited);
     }
 }
