@@ -8,7 +8,8 @@
 //! rounds: one re-check read of up to `KILL_BATCH` sessions per lane, then, on each
 //! lane's connection at once, one packet of `KILL` statements for those still the
 //! ones matched (a round trip per batch, not per kill: 3,000 idle sessions go in
-//! about an eighth of a second).
+//! about an eighth of a second). A packet's answers are read together, not as
+//! each arrives (`answers_wait`).
 //!
 //! Connections come from a small pool of our own, so that kills run concurrently
 //! and so that we know the id of every connection we hold: they are never victims.
