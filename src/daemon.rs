@@ -1007,7 +1007,7 @@ impl Runner {
             vec![HashSet::new(); policies.len()];
         for (i, d) in plan.decisions.iter().enumerate() {
             let (Verdict::Spared, Some(pi), Why::Spared(spare)) =
-                (d.verdict, d.policy.map(|p| p as usize), &d.why)
+                (d.verdict, d.policy_index(), &d.why)
             else {
                 continue;
             };

@@ -168,9 +168,7 @@ impl Executor {
             vec![HashSet::new(); tick.policies.len()];
         let mut kills: Vec<(usize, usize)> = Vec::new();
         for (i, d) in plan.decisions.iter().enumerate() {
-            let Some(pi) = d.policy.map(|p| p as usize) else {
-                continue;
-            };
+            let Some(pi) = d.policy_index() else { continue };
             match d.verdict {
                 Verdict::WouldKill => {
                     let s = &snapshot.sessions[i];
@@ -210,7 +208,7 @@ impl Executor {
         for run in &plan.runs {
             let policy = tick.policies[run.policy];
             for &si in &run.victims {
-                if plan.decisions[si].policy == Some(run.policy as u32) {
+                if plan.decisions[si].policy_index() == Some(run.policy) {
                     continue;
                 }
                 let s = &snapshot.sessions[si];

@@ -254,7 +254,7 @@ proptest! {
                 continue;
             }
             prop_assert!(protection(s, &snap.own_connection_ids, &protected).is_none(), "protected {:?} is a victim", s);
-            let policy = refs[d.policy.expect("a victim has its policy") as usize];
+            let policy = refs[d.policy_index().expect("a victim has its policy")];
             let user = s.user.as_deref().unwrap_or_default();
             prop_assert!(policy.ignores(user).is_none(), "ignored {:?} is a victim of {}", s, policy.name);
             prop_assert!(policy.matcher.matches(s, snap.transactions), "{:?} does not match {}", s, policy.name);

@@ -97,8 +97,8 @@ pub fn plan_text(targets: &[TargetPlan<'_>]) -> String {
                 let session = &s.sessions[i];
                 let d = &tp.plan.decisions[i];
                 let policy = d
-                    .policy
-                    .map(|p| format!("[{}] ", tp.policies[p as usize].name))
+                    .policy_index()
+                    .map(|p| format!("[{}] ", tp.policies[p].name))
                     .unwrap_or_default();
                 let _ = writeln!(
                     out,
@@ -139,7 +139,7 @@ pub fn plan_text(targets: &[TargetPlan<'_>]) -> String {
                 .decisions
                 .iter()
                 .filter(|d| {
-                    d.policy == Some(run.policy as u32)
+                    d.policy_index() == Some(run.policy)
                         && matches!(
                             d.verdict,
                             Verdict::Kill | Verdict::KillQuery | Verdict::WouldKill
@@ -185,7 +185,7 @@ pub fn plan_json(targets: &[TargetPlan<'_>]) -> String {
                         "command": session.command,
                         "time_ms": session.time_ms,
                         "decision": d.verdict.as_str(),
-                        "policy": d.policy.map(|p| tp.policies[p as usize].name.clone()),
+                        "policy": d.policy_index().map(|p| tp.policies[p].name.clone()),
                         "reason": tp.plan.reason(i, s, &tp.policies),
                     })
                 })

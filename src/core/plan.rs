@@ -70,6 +70,13 @@ pub struct Decision {
 // Large reasons go in a box or an `Arc`.
 const _: () = assert!(std::mem::size_of::<Decision>() <= 40);
 
+impl Decision {
+    /// The deciding policy's index into the policies given to `plan`, if any.
+    pub fn policy_index(&self) -> Option<usize> {
+        self.policy.map(|p| p as usize)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum Why {
     /// No policy matched.
@@ -290,7 +297,7 @@ pub fn plan(
             let ignoring = ignored[user as usize].get_or_insert_with(|| {
                 policy
                     .ignores(index.users.get(user).unwrap_or_default())
-                    .map(|glob| Arc::from(glob.to_string()))
+                    .map(|glob| Arc::from(glob.as_str()))
             });
             if let Some(glob) = ignoring {
                 claim_spared(
@@ -579,7 +586,7 @@ impl Plan {
     /// Holds back every victim of policy `policy` because its breaker is open.
     pub fn hold_for_breaker(&mut self, policy: usize, since: DateTime<Utc>) {
         for d in &mut self.decisions {
-            if d.policy == Some(policy as u32) && matches!(d.why, Why::Victim | Why::Requested) {
+            if d.policy_index() == Some(policy) && matches!(d.why, Why::Victim | Why::Requested) {
                 d.verdict = Verdict::Spared;
                 d.why = Why::Spared(Spare::BreakerOpen { since });
             }
@@ -602,7 +609,7 @@ impl Plan {
     pub fn reason(&self, i: usize, snapshot: &Snapshot, policies: &[&Policy]) -> String {
         let d = &self.decisions[i];
         let session = &snapshot.sessions[i];
-        let policy = d.policy.map(|p| policies[p as usize]);
+        let policy = d.policy_index().map(|p| policies[p]);
         match (&d.why, policy) {
             (Why::NoMatch, _) => "no policy matches".to_owned(),
             (Why::Victim, Some(p)) => {
