@@ -873,3 +873,28 @@ async fn a_session_unreadable_at_its_recheck_is_read_again() {
     assert_eq!(db.ids_of(&app.name).await, vec![never]);
     drop(conns);
 }
+
+/// The one packet a new connection sends (`probe_sql`) on a real MariaDB: four
+/// answers in order, and the server-side bound set on the session.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_connect_probe_reads_the_server_and_bounds_statements_in_one_packet() {
+    let db = MariaDb::shared();
+    let reaper = db.reaper_user().await;
+    let mut conn = db.connect(&reaper.name, &reaper.password).await.unwrap();
+    let sql = session_reaper::providers::mysql::probe_sql(Duration::from_millis(1500));
+    let mut result = conn.query_iter(sql).await.unwrap();
+    let version: Vec<(String, String)> = result.collect().await.unwrap();
+    let uptime: Vec<(String, String)> = result.collect().await.unwrap();
+    let pfs: Vec<(String, String)> = result.collect().await.unwrap();
+    result.drop_result().await.unwrap();
+    assert!(version[0].0.contains("MariaDB"), "{version:?}");
+    assert!(version[0].1.parse::<f64>().is_ok(), "{version:?}");
+    assert_eq!(uptime[0].0, "Uptime");
+    assert!(uptime[0].1.parse::<u64>().is_ok(), "{uptime:?}");
+    assert_eq!(pfs[0].0, "performance_schema");
+    let bound: Option<f64> = conn
+        .query_first("SELECT @@max_statement_time")
+        .await
+        .unwrap();
+    assert_eq!(bound, Some(1.35));
+}

@@ -1,8 +1,9 @@
 //! The `mysql` provider: a direct connection to MySQL or MariaDB.
 //!
 //! Snapshot: `information_schema.PROCESSLIST` (MariaDB: millisecond `TIME_MS` and
-//! `QUERY_ID`; MySQL 8: `performance_schema.processlist` when it is on) left-joined
-//! with `information_schema.INNODB_TRX`. The flavour is detected once per connection.
+//! `QUERY_ID`; MySQL 8.0.22 and later: `performance_schema.processlist` when it is
+//! on) left-joined with `information_schema.INNODB_TRX`. The flavour is detected
+//! once per connection, in the one round trip of `probe_sql`.
 //! Kill: `KILL CONNECTION id`, `KILL QUERY id`, and on MariaDB `KILL QUERY ID
 //! query_id`, which can only end the statement that was matched. Kills go in
 //! rounds: one re-check read of up to `KILL_BATCH` sessions per lane, then, on each
@@ -364,6 +365,16 @@ impl MysqlProvider {
         let mut builder = OptsBuilder::from_opts(self.opts.clone())
             .stmt_cache_size(0)
             .prefer_socket(false);
+        // Without these, the driver asks the server for them in a round trip of its
+        // own on every connect. `max_allowed_packet` is only the driver's bound on
+        // a packet (the server keeps its own); `wait_timeout` only drives the
+        // driver's pool, which we do not use. A URL's own values win.
+        if self.opts.max_allowed_packet().is_none() {
+            builder = builder.max_allowed_packet(Some(1 << 30));
+        }
+        if self.opts.wait_timeout().is_none() {
+            builder = builder.wait_timeout(Some(28_800));
+        }
         if let Some(p) = &self.password {
             builder = builder.pass(Some(p.expose_secret()));
         }
@@ -390,30 +401,19 @@ impl MysqlProvider {
             }
         }
         let probe = async {
-            let row: Option<(String, String)> = conn
-                .query_first("SELECT VERSION(), CAST(UNIX_TIMESTAMP(NOW(6)) AS CHAR)")
-                .await?;
-            let uptime: Option<(String, String)> =
-                conn.query_first("SHOW GLOBAL STATUS LIKE 'Uptime'").await?;
-            let (version, now) = row.unwrap_or_default();
-            let flavour = if version.contains("MariaDB") {
-                Flavour::MariaDb
-            } else {
-                let pfs: Option<Value> = conn.query_first("SELECT @@performance_schema").await?;
-                match pfs {
-                    Some(v) if value_u64(&v) == Some(1) => Flavour::MySqlPerfSchema,
-                    _ => Flavour::MySql,
-                }
-            };
-            if flavour == Flavour::MariaDb {
-                // A server-side bound on our own statements, below our client timeout.
-                let secs = (self.timeout.as_secs_f64() * 0.9).max(0.1);
-                conn.query_drop(format!("SET SESSION max_statement_time = {secs:.3}"))
-                    .await?;
-            }
+            let mut result = conn.query_iter(probe_sql(self.timeout)).await?;
+            let version: Vec<(String, String)> = result.collect().await?;
+            let uptime: Vec<(String, String)> = result.collect().await?;
+            let performance_schema: Vec<(String, String)> = result.collect().await?;
+            result.drop_result().await?;
+            let (version, now) = version.into_iter().next().unwrap_or_default();
+            let flavour = flavour_of(
+                &version,
+                performance_schema.first().map(|(_, on)| on.as_str()),
+            );
             let started_at = match (
                 now.parse::<f64>(),
-                uptime.and_then(|(_, u)| u.parse::<f64>().ok()),
+                uptime.first().and_then(|(_, u)| u.parse::<f64>().ok()),
             ) {
                 (Ok(now), Some(up)) => {
                     DateTime::from_timestamp_millis(((now - up) * 1000.0) as i64)
@@ -825,6 +825,47 @@ impl MysqlProvider {
         }
         out
     }
+}
+
+/// What a new connection asks its server, in one packet and one round trip: its
+/// version and its start time (now less `Uptime`), whether `performance_schema` is
+/// on, and on MariaDB 10.1 and later a server-side bound on our own statements,
+/// below our client timeout. The bound is in an executable comment that only
+/// MariaDB runs (`/*M!`); MySQL reads it as a comment and sets the user variable
+/// alone. Public for the tests against a real server.
+#[doc(hidden)]
+pub fn probe_sql(timeout: Duration) -> String {
+    let secs = (timeout.as_secs_f64() * 0.9).max(0.1);
+    format!(
+        "SELECT VERSION(), CAST(UNIX_TIMESTAMP(NOW(6)) AS CHAR); \
+         SHOW GLOBAL STATUS LIKE 'Uptime'; \
+         SHOW GLOBAL VARIABLES LIKE 'performance_schema'; \
+         SET @session_reaper = 1 /*M!100100 , SESSION max_statement_time = {secs:.3} */"
+    )
+}
+
+/// The flavour of a server from its `VERSION()` and its `performance_schema`
+/// setting: MySQL has `performance_schema.processlist` from 8.0.22 on, and only
+/// while `performance_schema` is on; before, `information_schema.PROCESSLIST`.
+fn flavour_of(version: &str, performance_schema: Option<&str>) -> Flavour {
+    if version.contains("MariaDB") {
+        return Flavour::MariaDb;
+    }
+    let on = performance_schema.is_some_and(|v| v.eq_ignore_ascii_case("ON") || v == "1");
+    if on && version_triple(version).is_some_and(|v| v >= (8, 0, 22)) {
+        Flavour::MySqlPerfSchema
+    } else {
+        Flavour::MySql
+    }
+}
+
+/// The leading `major.minor.patch` of a version string (`8.0.35-log`).
+fn version_triple(version: &str) -> Option<(u32, u32, u32)> {
+    let mut parts = version.splitn(3, '.').map(|p| {
+        let end = p.find(|c: char| !c.is_ascii_digit()).unwrap_or(p.len());
+        p[..end].parse::<u32>().ok()
+    });
+    Some((parts.next()??, parts.next()??, parts.next()??))
 }
 
 /// The longest wait before reading a packet's answers.
@@ -1257,6 +1298,46 @@ fn describe(e: &mysql_async::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_flavour_follows_the_version_and_performance_schema() {
+        let cases = [
+            ("10.11.19-MariaDB-0+deb12u1", Some("OFF"), Flavour::MariaDb),
+            ("10.11.19-MariaDB-log", Some("ON"), Flavour::MariaDb),
+            ("5.5.5-10.6.12-MariaDB", None, Flavour::MariaDb),
+            ("8.0.35", Some("ON"), Flavour::MySqlPerfSchema),
+            ("8.0.22-log", Some("ON"), Flavour::MySqlPerfSchema),
+            ("8.4.3", Some("1"), Flavour::MySqlPerfSchema),
+            ("9.1.0-commercial", Some("on"), Flavour::MySqlPerfSchema),
+            // `performance_schema.processlist` came in 8.0.22.
+            ("8.0.21", Some("ON"), Flavour::MySql),
+            ("5.7.44-log", Some("ON"), Flavour::MySql),
+            ("8.0.35", Some("OFF"), Flavour::MySql),
+            ("8.0.35", None, Flavour::MySql),
+            ("", Some("ON"), Flavour::MySql),
+            ("8.0", Some("ON"), Flavour::MySql),
+        ];
+        for (version, pfs, want) in cases {
+            assert_eq!(flavour_of(version, pfs), want, "{version} {pfs:?}");
+        }
+        assert_eq!(version_triple("8.0.35-0ubuntu0.22.04.1"), Some((8, 0, 35)));
+        assert_eq!(version_triple("10.11.19-MariaDB"), Some((10, 11, 19)));
+        assert_eq!(version_triple("x.0.1"), None);
+    }
+
+    #[test]
+    fn the_probe_bounds_statements_below_the_timeout_on_mariadb_only() {
+        let sql = probe_sql(Duration::from_secs(2));
+        assert!(
+            sql.ends_with(
+                "SET @session_reaper = 1 /*M!100100 , SESSION max_statement_time = 1.800 */"
+            ),
+            "{sql}"
+        );
+        assert!(probe_sql(Duration::from_millis(50)).contains("max_statement_time = 0.100 */"));
+        // Four statements, one packet.
+        assert_eq!(sql.matches("; ").count(), 3, "{sql}");
+    }
 
     #[test]
     fn hosts_lose_their_port() {
