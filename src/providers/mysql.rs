@@ -3,7 +3,7 @@
 //! Snapshot: `information_schema.PROCESSLIST` (MariaDB: millisecond `TIME_MS` and
 //! `QUERY_ID`; MySQL 8.0.22 and later: `performance_schema.processlist` when it is
 //! on) left-joined with `information_schema.INNODB_TRX`. The flavour is detected
-//! once per connection, in the one round trip of `probe_sql`.
+//! once per connection, in the round trip of `probe_sql` (and one more on MySQL).
 //! Kill: `KILL CONNECTION id`, `KILL QUERY id`, and on MariaDB `KILL QUERY ID
 //! query_id`, which can only end the statement that was matched. Kills go in
 //! rounds: one re-check read of up to `KILL_BATCH` sessions per lane, then, on each
@@ -404,13 +404,17 @@ impl MysqlProvider {
             let mut result = conn.query_iter(probe_sql(self.timeout)).await?;
             let version: Vec<(String, String)> = result.collect().await?;
             let uptime: Vec<(String, String)> = result.collect().await?;
-            let performance_schema: Vec<(String, String)> = result.collect().await?;
             result.drop_result().await?;
             let (version, now) = version.into_iter().next().unwrap_or_default();
-            let flavour = flavour_of(
-                &version,
-                performance_schema.first().map(|(_, on)| on.as_str()),
-            );
+            // MySQL only: a MariaDB built without it has no such variable, and
+            // `SHOW VARIABLES` costs the server more than the rest of the probe.
+            let performance_schema = if version.contains("MariaDB") {
+                None
+            } else {
+                conn.query_first::<Value, _>("SELECT @@performance_schema")
+                    .await?
+            };
+            let flavour = flavour_of(&version, performance_schema.as_ref().and_then(value_u64));
             let started_at = match (
                 now.parse::<f64>(),
                 uptime.first().and_then(|(_, u)| u.parse::<f64>().ok()),
@@ -828,20 +832,23 @@ impl MysqlProvider {
 }
 
 /// What a new connection asks its server, in one packet and one round trip: its
-/// version and its start time (now less `Uptime`), whether `performance_schema` is
-/// on, and on MariaDB 10.1 and later a server-side bound on our own statements,
-/// below our client timeout. `Uptime` is read in the session's scope, where it is
-/// the same number: in the global one MariaDB first sums every thread's status
-/// (1.2–1.5 ms among 3,000 sessions, against 0.18 ms). The bound is in an executable comment that only
-/// MariaDB runs (`/*M!`); MySQL reads it as a comment and sets the user variable
-/// alone. Public for the tests against a real server.
+/// version and its start time (now less `Uptime`), and on MariaDB 10.1 and later
+/// a server-side bound on our own statements, below our client timeout. (MySQL
+/// is then asked whether `performance_schema` is on, in a second round trip.)
+/// - `Uptime` is read in the session's scope, where it is the same number: for
+///   the global one MariaDB first sums every thread's status (1.2–1.5 ms among
+///   3,000 sessions, against 0.18 ms).
+/// - The bound is in an executable comment that only MariaDB runs (`/*M!`):
+///   MySQL reads it as a comment and sets the user variable alone, and MariaDB
+///   before 10.1, which has no `max_statement_time`, skips it.
+///
+/// Public for the tests against a real server.
 #[doc(hidden)]
 pub fn probe_sql(timeout: Duration) -> String {
     let secs = (timeout.as_secs_f64() * 0.9).max(0.1);
     format!(
         "SELECT VERSION(), CAST(UNIX_TIMESTAMP(NOW(6)) AS CHAR); \
          SHOW SESSION STATUS LIKE 'Uptime'; \
-         SHOW GLOBAL VARIABLES LIKE 'performance_schema'; \
          SET @session_reaper = 1 /*M!100100 , SESSION max_statement_time = {secs:.3} */"
     )
 }
@@ -849,12 +856,11 @@ pub fn probe_sql(timeout: Duration) -> String {
 /// The flavour of a server from its `VERSION()` and its `performance_schema`
 /// setting: MySQL has `performance_schema.processlist` from 8.0.22 on, and only
 /// while `performance_schema` is on; before, `information_schema.PROCESSLIST`.
-fn flavour_of(version: &str, performance_schema: Option<&str>) -> Flavour {
+fn flavour_of(version: &str, performance_schema: Option<u64>) -> Flavour {
     if version.contains("MariaDB") {
         return Flavour::MariaDb;
     }
-    let on = performance_schema.is_some_and(|v| v.eq_ignore_ascii_case("ON") || v == "1");
-    if on && version_triple(version).is_some_and(|v| v >= (8, 0, 22)) {
+    if performance_schema == Some(1) && version_triple(version).is_some_and(|v| v >= (8, 0, 22)) {
         Flavour::MySqlPerfSchema
     } else {
         Flavour::MySql
@@ -1304,20 +1310,20 @@ mod tests {
     #[test]
     fn the_flavour_follows_the_version_and_performance_schema() {
         let cases = [
-            ("10.11.19-MariaDB-0+deb12u1", Some("OFF"), Flavour::MariaDb),
-            ("10.11.19-MariaDB-log", Some("ON"), Flavour::MariaDb),
+            ("10.11.19-MariaDB-0+deb12u1", None, Flavour::MariaDb),
+            ("10.11.19-MariaDB-log", Some(1), Flavour::MariaDb),
             ("5.5.5-10.6.12-MariaDB", None, Flavour::MariaDb),
-            ("8.0.35", Some("ON"), Flavour::MySqlPerfSchema),
-            ("8.0.22-log", Some("ON"), Flavour::MySqlPerfSchema),
-            ("8.4.3", Some("1"), Flavour::MySqlPerfSchema),
-            ("9.1.0-commercial", Some("on"), Flavour::MySqlPerfSchema),
+            ("8.0.35", Some(1), Flavour::MySqlPerfSchema),
+            ("8.0.22-log", Some(1), Flavour::MySqlPerfSchema),
+            ("8.4.3", Some(1), Flavour::MySqlPerfSchema),
+            ("9.1.0-commercial", Some(1), Flavour::MySqlPerfSchema),
             // `performance_schema.processlist` came in 8.0.22.
-            ("8.0.21", Some("ON"), Flavour::MySql),
-            ("5.7.44-log", Some("ON"), Flavour::MySql),
-            ("8.0.35", Some("OFF"), Flavour::MySql),
+            ("8.0.21", Some(1), Flavour::MySql),
+            ("5.7.44-log", Some(1), Flavour::MySql),
+            ("8.0.35", Some(0), Flavour::MySql),
             ("8.0.35", None, Flavour::MySql),
-            ("", Some("ON"), Flavour::MySql),
-            ("8.0", Some("ON"), Flavour::MySql),
+            ("", Some(1), Flavour::MySql),
+            ("8.0", Some(1), Flavour::MySql),
         ];
         for (version, pfs, want) in cases {
             assert_eq!(flavour_of(version, pfs), want, "{version} {pfs:?}");
@@ -1337,8 +1343,8 @@ mod tests {
             "{sql}"
         );
         assert!(probe_sql(Duration::from_millis(50)).contains("max_statement_time = 0.100 */"));
-        // Four statements, one packet.
-        assert_eq!(sql.matches("; ").count(), 3, "{sql}");
+        // Three statements, one packet.
+        assert_eq!(sql.matches("; ").count(), 2, "{sql}");
     }
 
     #[test]
