@@ -408,7 +408,7 @@ impl MysqlProvider {
             let (version, now) = version.into_iter().next().unwrap_or_default();
             // MySQL only: a MariaDB built without it has no such variable, and
             // `SHOW VARIABLES` costs the server more than the rest of the probe.
-            let performance_schema = if version.contains("MariaDB") {
+            let performance_schema = if is_mariadb(&version) {
                 None
             } else {
                 conn.query_first::<Value, _>("SELECT @@performance_schema")
@@ -857,7 +857,7 @@ pub fn probe_sql(timeout: Duration) -> String {
 /// setting: MySQL has `performance_schema.processlist` from 8.0.22 on, and only
 /// while `performance_schema` is on; before, `information_schema.PROCESSLIST`.
 fn flavour_of(version: &str, performance_schema: Option<u64>) -> Flavour {
-    if version.contains("MariaDB") {
+    if is_mariadb(version) {
         return Flavour::MariaDb;
     }
     if performance_schema == Some(1) && version_triple(version).is_some_and(|v| v >= (8, 0, 22)) {
@@ -865,6 +865,11 @@ fn flavour_of(version: &str, performance_schema: Option<u64>) -> Flavour {
     } else {
         Flavour::MySql
     }
+}
+
+/// Whether a `VERSION()` is MariaDB's (`10.11.19-MariaDB-0+deb12u1`).
+fn is_mariadb(version: &str) -> bool {
+    version.contains("MariaDB")
 }
 
 /// The leading `major.minor.patch` of a version string (`8.0.35-log`).
