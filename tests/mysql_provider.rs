@@ -874,22 +874,26 @@ async fn a_session_unreadable_at_its_recheck_is_read_again() {
     drop(conns);
 }
 
-/// The one packet a new connection sends (`probe_sql`) on a real MariaDB: three
-/// answers in order, and the server-side bound set on the session.
+/// What a new connection asks its server (`probe`, one packet on MariaDB) on a
+/// real MariaDB: its flavour, version and start time, and the server-side bound
+/// set on the session.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_connect_probe_reads_the_server_and_bounds_statements_in_one_packet() {
     let db = MariaDb::shared();
     let reaper = db.reaper_user().await;
     let mut conn = db.connect(&reaper.name, &reaper.password).await.unwrap();
-    let sql = session_reaper::providers::mysql::probe_sql(Duration::from_millis(1500));
-    let mut result = conn.query_iter(sql).await.unwrap();
-    let version: Vec<(String, String)> = result.collect().await.unwrap();
-    let uptime: Vec<(String, String)> = result.collect().await.unwrap();
-    result.drop_result().await.unwrap();
-    assert!(version[0].0.contains("MariaDB"), "{version:?}");
-    assert!(version[0].1.parse::<f64>().is_ok(), "{version:?}");
-    assert_eq!(uptime[0].0, "Uptime");
-    assert!(uptime[0].1.parse::<u64>().is_ok(), "{uptime:?}");
+    let before = chrono::Utc::now();
+    let probed = session_reaper::providers::mysql::probe(&mut conn, Duration::from_millis(1500))
+        .await
+        .unwrap();
+    assert_eq!(probed.flavour(), "mariadb");
+    assert!(probed.version.contains("MariaDB"), "{}", probed.version);
+    let started = probed.started_at.expect("a start time");
+    // `Uptime` has whole seconds: the start read is up to a second late.
+    assert!(
+        started <= before + chrono::TimeDelta::seconds(1),
+        "started {started}, probed after {before}"
+    );
     let bound: Option<f64> = conn
         .query_first("SELECT @@max_statement_time")
         .await

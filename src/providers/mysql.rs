@@ -400,34 +400,12 @@ impl MysqlProvider {
                 ids.pop_first();
             }
         }
-        let probe = async {
-            let mut result = conn.query_iter(probe_sql(self.timeout)).await?;
-            let version: Vec<(String, String)> = result.collect().await?;
-            let uptime: Vec<(String, String)> = result.collect().await?;
-            result.drop_result().await?;
-            let (version, now) = version.into_iter().next().unwrap_or_default();
-            // MySQL only: a MariaDB built without it has no such variable, and
-            // `SHOW VARIABLES` costs the server more than the rest of the probe.
-            let performance_schema = if is_mariadb(&version) {
-                None
-            } else {
-                conn.query_first::<Value, _>("SELECT @@performance_schema")
-                    .await?
-            };
-            let flavour = flavour_of(&version, performance_schema.as_ref().and_then(value_u64));
-            let started_at = match (
-                now.parse::<f64>(),
-                uptime.first().and_then(|(_, u)| u.parse::<f64>().ok()),
-            ) {
-                (Ok(now), Some(up)) => {
-                    DateTime::from_timestamp_millis(((now - up) * 1000.0) as i64)
-                }
-                _ => None,
-            };
-            Ok::<_, mysql_async::Error>((flavour, version, started_at))
-        };
-        match tokio::time::timeout(self.timeout, probe).await {
-            Ok(Ok((flavour, version, started_at))) => Ok(Pooled {
+        match tokio::time::timeout(self.timeout, probe(&mut conn, self.timeout)).await {
+            Ok(Ok(Probe {
+                flavour,
+                version,
+                started_at,
+            })) => Ok(Pooled {
                 conn,
                 flavour,
                 version,
@@ -841,16 +819,61 @@ impl MysqlProvider {
 /// - The bound is in an executable comment that only MariaDB runs (`/*M!`):
 ///   MySQL reads it as a comment and sets the user variable alone, and MariaDB
 ///   before 10.1, which has no `max_statement_time`, skips it.
-///
-/// Public for the tests against a real server.
-#[doc(hidden)]
-pub fn probe_sql(timeout: Duration) -> String {
+fn probe_sql(timeout: Duration) -> String {
     let secs = (timeout.as_secs_f64() * 0.9).max(0.1);
     format!(
         "SELECT VERSION(), CAST(UNIX_TIMESTAMP(NOW(6)) AS CHAR); \
          SHOW SESSION STATUS LIKE 'Uptime'; \
          SET @session_reaper = 1 /*M!100100 , SESSION max_statement_time = {secs:.3} */"
     )
+}
+
+/// What `probe` learnt of a server.
+#[doc(hidden)]
+pub struct Probe {
+    pub version: String,
+    /// Now less `Uptime`, by the server's clock.
+    pub started_at: Option<DateTime<Utc>>,
+    flavour: Flavour,
+}
+
+impl Probe {
+    /// `mariadb` or `mysql`.
+    pub fn flavour(&self) -> &'static str {
+        self.flavour.name()
+    }
+}
+
+/// Asks a new connection's server `probe_sql`, and MySQL whether
+/// `performance_schema` is on. Public for the tests against a real server.
+#[doc(hidden)]
+pub async fn probe(conn: &mut Conn, timeout: Duration) -> Result<Probe, mysql_async::Error> {
+    let mut result = conn.query_iter(probe_sql(timeout)).await?;
+    let version: Vec<(String, String)> = result.collect().await?;
+    let uptime: Vec<(String, String)> = result.collect().await?;
+    result.drop_result().await?;
+    let (version, now) = version.into_iter().next().unwrap_or_default();
+    // MySQL only: a MariaDB built without it has no such variable, and
+    // `SHOW VARIABLES` costs the server more than the rest of the probe.
+    let performance_schema = if is_mariadb(&version) {
+        None
+    } else {
+        conn.query_first::<Value, _>("SELECT @@performance_schema")
+            .await?
+    };
+    let flavour = flavour_of(&version, performance_schema.as_ref().and_then(value_u64));
+    let started_at = match (
+        now.parse::<f64>(),
+        uptime.first().and_then(|(_, u)| u.parse::<f64>().ok()),
+    ) {
+        (Ok(now), Some(up)) => DateTime::from_timestamp_millis(((now - up) * 1000.0) as i64),
+        _ => None,
+    };
+    Ok(Probe {
+        version,
+        started_at,
+        flavour,
+    })
 }
 
 /// The flavour of a server from its `VERSION()` and its `performance_schema`
