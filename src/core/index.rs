@@ -139,13 +139,12 @@ fn slot_of(first: u64, last: u64, len: u32) -> usize {
     (h >> 32) as usize
 }
 
-/// One session's fields, as ids.
+/// One session's fields, as ids: those a policy reads beyond its user and
+/// command, which the row's group (`Index::rows_of`) already says.
 #[derive(Clone, Copy)]
 pub(crate) struct Row {
     /// The session's index in the snapshot.
     pub session: u32,
-    pub user: u32,
-    pub command: u32,
     pub host: u32,
     pub db: u32,
     pub state: u32,
@@ -216,10 +215,10 @@ impl<'a> Index<'a> {
             if needs.sql {
                 sql.push(s.sql.as_deref());
             }
+            let user = users.id(s.user.as_deref());
+            let command = commands.id(Some(&s.command));
             let row = Row {
                 session: i as u32,
-                user: users.id(s.user.as_deref()),
-                command: commands.id(Some(&s.command)),
                 host: if needs.host {
                     hosts.id(s.host.as_deref())
                 } else {
@@ -230,7 +229,7 @@ impl<'a> Index<'a> {
                 time_ms: s.time_ms,
                 trx_age_ms: s.trx.as_ref().map_or(u64::MAX, |t| t.age_ms),
             };
-            fields.push([row.user, row.command, row.state]);
+            fields.push([user, command, row.state]);
             unsorted.push(row);
         }
         // A counting sort by (user, command): stable, so each group's sessions
