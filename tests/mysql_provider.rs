@@ -900,3 +900,117 @@ async fn the_connect_probe_reads_the_server_and_bounds_statements_in_one_packet(
         .unwrap();
     assert_eq!(bound, Some(1.35));
 }
+
+/// A MySQL before 8.0.22 has no `performance_schema.processlist`, with
+/// `performance_schema` on or off. A MariaDB server told to give its version as
+/// `8.0.21`, with `performance_schema` on and no such table, stands in for one:
+/// the provider must take it for MySQL, read `information_schema` (whole
+/// seconds, no query ids), and kill by thread id, `KILL QUERY` included.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_mysql_before_8_0_22_is_read_from_information_schema_and_killed_by_thread_id() {
+    let db = MariaDb::dedicated_with(&support::mariadb::Options {
+        args: vec![
+            "--version=8.0.21".to_owned(),
+            "--performance-schema=ON".to_owned(),
+        ],
+    });
+    let setup = Setup::new();
+    let reaper = db.reaper_user().await;
+    let app = db.create_user("mysql80_app", None).await;
+    let _dbname = db.create_db("mysql80", &[&app]).await;
+    let mut admin = db.admin().await;
+    let (version, pfs): (String, u8) = admin
+        .query_first("SELECT VERSION(), @@performance_schema")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((version.as_str(), pfs), ("8.0.21", 1));
+    let missing = admin
+        .query_drop("SELECT 1 FROM performance_schema.processlist LIMIT 1")
+        .await;
+    assert!(missing.is_err(), "the stand-in must lack the table");
+
+    let idle = db.open_idle(&app, 2).await;
+    let mut busy = db.connect(&app.name, &app.password).await.unwrap();
+    let running = tokio::spawn(async move {
+        let r: mysql_async::Result<Vec<u64>> = busy.query("SELECT SLEEP(30)").await;
+        (r, busy)
+    });
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+
+    let p = provider(&setup, &db, &reaper);
+    let snap = p.snapshot(&Want::everything()).await.expect("snapshot");
+    assert_eq!(snap.server.flavour, "mysql");
+    assert_eq!(snap.server.version, "8.0.21");
+    assert!(snap.server.started_at.is_some());
+    assert!(snap.transactions);
+    let mine: Vec<&Session> = snap
+        .sessions
+        .iter()
+        .filter(|s| s.user.as_deref() == Some(app.name.as_str()))
+        .collect();
+    assert_eq!(mine.len(), 3, "{mine:?}");
+    for s in &mine {
+        // `TIME` has whole seconds and MySQL has no `QUERY_ID` column.
+        assert_eq!(s.time_ms % 1000, 0, "{s:?}");
+        assert!(s.time_ms >= 1000, "{s:?}");
+        assert_eq!(s.query_id, None, "{s:?}");
+    }
+    let statement = mine
+        .iter()
+        .find(|s| s.command == "Query")
+        .expect("the running statement is listed");
+    assert_eq!(statement.sql.as_deref(), Some("SELECT SLEEP(30)"));
+
+    // `KILL QUERY <thread id>`: the statement ends, its connection lives.
+    let out = p
+        .kill(
+            &[KillRequest {
+                session: statement,
+                action: Action::KillQuery,
+                ignored_users: &[],
+                needs: Needs {
+                    sql: true,
+                    transactions: false,
+                },
+                tag: 0,
+            }],
+            &identity,
+        )
+        .await;
+    assert_eq!(out[0].result, KillResult::Killed);
+    let (_, mut busy) = tokio::time::timeout(Duration::from_secs(10), running)
+        .await
+        .expect("the statement ended")
+        .unwrap();
+    let one: Option<u64> = busy
+        .query_first("SELECT 1")
+        .await
+        .expect("the connection lives");
+    assert_eq!(one, Some(1));
+
+    // `KILL CONNECTION`: the idle sessions go.
+    let idle_ids: Vec<u64> = mine
+        .iter()
+        .filter(|s| s.command == "Sleep" && s.id != statement.id)
+        .map(|s| s.id)
+        .collect();
+    assert_eq!(idle_ids.len(), 2);
+    let requests: Vec<KillRequest> = kills_of(&snap, &app.name)
+        .into_iter()
+        .filter(|r| idle_ids.contains(&r.session.id))
+        .collect();
+    let out = p.kill(&requests, &identity).await;
+    assert!(
+        out.iter().all(|o| o.result == KillResult::Killed),
+        "{:?}",
+        out.iter().map(|o| &o.result).collect::<Vec<_>>()
+    );
+    let gone = wait_until(Duration::from_secs(10), || async {
+        let ids = db.ids_of(&app.name).await;
+        idle_ids.iter().all(|id| !ids.contains(id))
+    })
+    .await;
+    assert!(gone, "the idle sessions are gone");
+    drop(idle);
+}
