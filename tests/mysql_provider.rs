@@ -11,7 +11,9 @@ use session_reaper::core::policy::Action;
 use session_reaper::core::recheck::{Recheck, recheck};
 use session_reaper::core::session::{Session, Snapshot};
 use session_reaper::metrics::Metrics;
-use session_reaper::providers::{KillRequest, KillResult, Needs, Provider, Want, gate};
+use session_reaper::providers::{
+    KillOutcome, KillRequest, KillResult, Needs, Provider, Want, gate,
+};
 use support::{MariaDb, Setup, wait_until};
 
 fn provider(setup: &Setup, db: &MariaDb, reaper: &support::User) -> Arc<dyn Provider> {
@@ -89,6 +91,24 @@ async fn idle_sessions(db: &MariaDb, setup: &Setup, prefix: &str, n: usize) -> I
         p,
         snap,
     }
+}
+
+/// A `KILL QUERY` of `session`'s statement, re-checked by identity.
+async fn kill_query(p: &dyn Provider, session: &Session) -> Vec<KillOutcome> {
+    p.kill(
+        &[KillRequest {
+            session,
+            action: Action::KillQuery,
+            ignored_users: &[],
+            needs: Needs {
+                sql: true,
+                transactions: false,
+            },
+            tag: 0,
+        }],
+        &identity,
+    )
+    .await
 }
 
 /// A `KILL CONNECTION` request for every session of `user`.
@@ -743,21 +763,7 @@ async fn kill_query_on_mariadb_ends_only_the_matched_statement() {
     let p = provider(&setup, db, &reaper);
     let session = running_statement(p.as_ref(), &app.name).await;
     assert!(session.query_id.is_some());
-    let out = p
-        .kill(
-            &[KillRequest {
-                session: &session,
-                action: Action::KillQuery,
-                ignored_users: &[],
-                needs: Needs {
-                    sql: true,
-                    transactions: false,
-                },
-                tag: 0,
-            }],
-            &identity,
-        )
-        .await;
+    let out = kill_query(p.as_ref(), &session).await;
     assert_eq!(out[0].result, KillResult::Killed);
     let (result, mut conn) = tokio::time::timeout(Duration::from_secs(10), running)
         .await
@@ -772,21 +778,7 @@ async fn kill_query_on_mariadb_ends_only_the_matched_statement() {
     assert_eq!(one, Some(1));
 
     // A statement that finished is not hit: its query id is gone.
-    let out = p
-        .kill(
-            &[KillRequest {
-                session: &session,
-                action: Action::KillQuery,
-                ignored_users: &[],
-                needs: Needs {
-                    sql: true,
-                    transactions: false,
-                },
-                tag: 0,
-            }],
-            &identity,
-        )
-        .await;
+    let out = kill_query(p.as_ref(), &session).await;
     assert!(
         matches!(out[0].result, KillResult::Changed(_) | KillResult::Gone),
         "{:?}",
@@ -963,21 +955,7 @@ async fn a_mysql_before_8_0_22_is_read_from_information_schema_and_killed_by_thr
     assert_eq!(statement.sql.as_deref(), Some("SELECT SLEEP(30)"));
 
     // `KILL QUERY <thread id>`: the statement ends, its connection lives.
-    let out = p
-        .kill(
-            &[KillRequest {
-                session: statement,
-                action: Action::KillQuery,
-                ignored_users: &[],
-                needs: Needs {
-                    sql: true,
-                    transactions: false,
-                },
-                tag: 0,
-            }],
-            &identity,
-        )
-        .await;
+    let out = kill_query(p.as_ref(), statement).await;
     assert_eq!(out[0].result, KillResult::Killed);
     let (_, mut busy) = tokio::time::timeout(Duration::from_secs(10), running)
         .await
