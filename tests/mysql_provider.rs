@@ -111,11 +111,18 @@ async fn kill_query(p: &dyn Provider, session: &Session) -> Vec<KillOutcome> {
     .await
 }
 
-/// A `KILL CONNECTION` request for every session of `user`.
-fn kills_of<'a>(snap: &'a Snapshot, user: &str) -> Vec<KillRequest<'a>> {
+/// The sessions of `user` in a snapshot.
+fn sessions_of<'a>(snap: &'a Snapshot, user: &str) -> Vec<&'a Session> {
     snap.sessions
         .iter()
         .filter(|s| s.user.as_deref() == Some(user))
+        .collect()
+}
+
+/// A `KILL CONNECTION` request for every session of `user`.
+fn kills_of<'a>(snap: &'a Snapshot, user: &str) -> Vec<KillRequest<'a>> {
+    sessions_of(snap, user)
+        .into_iter()
         .map(|s| KillRequest {
             session: s,
             action: Action::Kill,
@@ -152,11 +159,7 @@ async fn snapshot_reads_mariadb_millisecond_times_query_ids_and_transactions() {
     assert_eq!(snap.server.flavour, "mariadb");
     assert!(snap.transactions);
     assert!(snap.server.started_at.is_some());
-    let mine: Vec<&Session> = snap
-        .sessions
-        .iter()
-        .filter(|s| s.user.as_deref() == Some(app.name.as_str()))
-        .collect();
+    let mine = sessions_of(&snap, &app.name);
     assert_eq!(mine.len(), 3, "{mine:?}");
     for s in &mine {
         assert_eq!(s.command, "Sleep");
@@ -175,11 +178,7 @@ async fn snapshot_reads_mariadb_millisecond_times_query_ids_and_transactions() {
         "transaction age {age} ms is more than it can be"
     );
     // Our own connection is listed as ours.
-    let reaper_sessions: Vec<&Session> = snap
-        .sessions
-        .iter()
-        .filter(|s| s.user.as_deref() == Some(reaper.name.as_str()))
-        .collect();
+    let reaper_sessions = sessions_of(&snap, &reaper.name);
     assert!(!reaper_sessions.is_empty());
     for s in reaper_sessions {
         assert!(
@@ -935,11 +934,7 @@ async fn a_mysql_before_8_0_22_is_read_from_information_schema_and_killed_by_thr
     assert_eq!(snap.server.version, "8.0.21");
     assert!(snap.server.started_at.is_some());
     assert!(snap.transactions);
-    let mine: Vec<&Session> = snap
-        .sessions
-        .iter()
-        .filter(|s| s.user.as_deref() == Some(app.name.as_str()))
-        .collect();
+    let mine = sessions_of(&snap, &app.name);
     assert_eq!(mine.len(), 3, "{mine:?}");
     for s in &mine {
         // `TIME` has whole seconds and MySQL has no `QUERY_ID` column.
