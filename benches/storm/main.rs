@@ -309,7 +309,39 @@ fn pt_kill_cmd(pt_kill: &str, port: u16, idle_secs: u32) -> Command {
     .stdin(Stdio::null())
     .stdout(Stdio::null())
     .stderr(Stdio::null());
+    without_cargo_libraries(&mut cmd);
     cmd
+}
+
+/// Runs `cmd` with the loader path it would have outside `cargo bench`. Cargo adds
+/// its target directory and the toolchain's libraries to `LD_LIBRARY_PATH`, and the
+/// loader then looked for `libgcc_s.so.1` in about 120 directories before the
+/// system's at each start of the daemon (`strace`: 242 failed `openat` and
+/// `newfstatat` calls), which an installed daemon never does.
+fn without_cargo_libraries(cmd: &mut Command) {
+    let Some(paths) = std::env::var_os("LD_LIBRARY_PATH") else {
+        return;
+    };
+    let release = Path::new(BIN).parent().unwrap_or(Path::new("/"));
+    let all: Vec<PathBuf> = std::env::split_paths(&paths).collect();
+    // The toolchain's `lib/rustlib/<target>/lib` says where its `lib` is.
+    let toolchain: Vec<PathBuf> = all
+        .iter()
+        .filter_map(|p| {
+            let s = p.to_str()?;
+            s.find("/lib/rustlib/")
+                .map(|at| PathBuf::from(&s[..at + 4]))
+        })
+        .collect();
+    let kept: Vec<PathBuf> = all
+        .into_iter()
+        .filter(|p| !p.starts_with(release) && !toolchain.iter().any(|t| p.starts_with(t)))
+        .collect();
+    if kept.is_empty() {
+        cmd.env_remove("LD_LIBRARY_PATH");
+    } else if let Ok(joined) = std::env::join_paths(kept) {
+        cmd.env("LD_LIBRARY_PATH", joined);
+    }
 }
 
 /// A daemon's directory: config, one policy, state (audit log) and its log.
@@ -384,6 +416,7 @@ impl Reaper {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(self.dir.path().join("daemon.log")).unwrap());
+        without_cargo_libraries(&mut cmd);
         cmd
     }
 
@@ -655,12 +688,21 @@ async fn reaction(db: &MariaDb, pt_kill: Option<&str>) {
     }
     if let Some((_, _, pt)) = p99s.iter().find(|(t, _, _)| t == "pt-kill") {
         for (tool, interval, p99) in &p99s {
-            if tool != "pt-kill" {
-                println!(
-                    "\n- p99 pt-kill / session-reaper at {interval} ms: **{:.1}×** (goal ≥ 10×)",
-                    pt / p99
-                );
+            if tool == "pt-kill" {
+                continue;
             }
+            // The goal is p99 ≤ interval + 25 ms, which is ≥ 10× pt-kill's where that
+            // bound is a tenth of pt-kill's 1 s interval or less (at 50 ms). At 250 ms
+            // the goal bound itself is 275 ms: no more than about 3.6× can be asked.
+            let goal = if (interval + 25) * 10 <= 1000 {
+                "goal ≥ 10×"
+            } else {
+                "the 10× goal is for the 50 ms schedule"
+            };
+            println!(
+                "\n- p99 pt-kill / session-reaper at {interval} ms: **{:.1}×** ({goal})",
+                pt / p99
+            );
         }
     }
     println!();
