@@ -1,5 +1,8 @@
 //! Sixteen bytes at a time: the two scans the fingerprinter makes over every
-//! statement, with SSE2 (part of every x86_64 CPU) and a byte-by-byte twin elsewhere.
+//! statement, with SSE2 (part of every x86_64 CPU) and a byte-by-byte twin elsewhere;
+//! the classifying scan thirty-two at a time with AVX2 where the CPU has it (on an
+//! Intel Xeon with AVX2: 1,000 statements 158.6 → 145.0 µs, the 41.9 MB corpus
+//! 594.5 → 636.1 MB/s).
 //!
 //! A statement from a process list is about a hundred bytes. Finding each rare byte
 //! with its own `memchr` call cost more in call set-up than in scanning (callgrind:
@@ -90,8 +93,51 @@ pub(super) fn next_stop_bytewise(q: &[u8], from: usize) -> usize {
         .map_or(q.len(), |at| from + at)
 }
 
+/// Bytes a class's pairs look ahead: the farthest last letter of `KEYWORDS`.
 #[cfg(target_arch = "x86_64")]
-pub(super) use sse2::{classify, next_stop};
+const AHEAD: usize = {
+    let mut most = 1;
+    let mut k = 0;
+    while k < KEYWORDS.len() {
+        if KEYWORDS[k].1 > most {
+            most = KEYWORDS[k].1;
+        }
+        k += 1;
+    }
+    most
+};
+
+/// The classes in the order of `accumulate`'s vectors: five of single bytes and
+/// pairs, then `KEYWORDS`, then non-ASCII.
+#[cfg(target_arch = "x86_64")]
+const CLASSES: [u16; 10] = [
+    Seen::SLASH,
+    Seen::LINE_COMMENT,
+    Seen::DQUOTE_OR_BACKSLASH,
+    Seen::SPACE_TO_COLLAPSE,
+    Seen::PAREN,
+    KEYWORDS[0].3,
+    KEYWORDS[1].3,
+    KEYWORDS[2].3,
+    KEYWORDS[3].3,
+    Seen::NON_ASCII,
+];
+
+#[cfg(target_arch = "x86_64")]
+pub(super) use sse2::next_stop;
+
+/// The classes of `Seen` in `q`, like `classify_bytewise`: thirty-two bytes at a
+/// time where the CPU has AVX2 (told once, then read from a cached flag), sixteen
+/// with SSE2 elsewhere.
+#[cfg(target_arch = "x86_64")]
+pub(super) fn classify(q: &[u8]) -> Seen {
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has AVX2.
+        unsafe { avx2::classify(q) }
+    } else {
+        sse2::classify(q)
+    }
+}
 
 #[cfg(not(target_arch = "x86_64"))]
 pub(super) use {classify_bytewise as classify, next_stop_bytewise as next_stop};
@@ -103,7 +149,7 @@ mod sse2 {
         _mm_movemask_epi8, _mm_or_si128, _mm_set1_epi8, _mm_setzero_si128,
     };
 
-    use super::{KEYWORDS, Seen};
+    use super::{AHEAD, CLASSES, KEYWORDS, Seen};
 
     /// Sixteen bytes from `q[at..at + 16]`.
     #[target_feature(enable = "sse2")]
@@ -125,34 +171,6 @@ mod sse2 {
         let shifted = _mm_add_epi8(v, _mm_set1_epi8(0x80u8.wrapping_sub(lo) as i8));
         _mm_cmplt_epi8(shifted, _mm_set1_epi8((0x80 + (hi - lo) + 1) as i8))
     }
-
-    /// Bytes a class's pairs look ahead: the farthest last letter of `KEYWORDS`.
-    const AHEAD: usize = {
-        let mut most = 1;
-        let mut k = 0;
-        while k < KEYWORDS.len() {
-            if KEYWORDS[k].1 > most {
-                most = KEYWORDS[k].1;
-            }
-            k += 1;
-        }
-        most
-    };
-
-    /// The classes in the order of `accumulate`'s vectors: five of single bytes and
-    /// pairs, then `KEYWORDS`, then non-ASCII.
-    const CLASSES: [u16; 10] = [
-        Seen::SLASH,
-        Seen::LINE_COMMENT,
-        Seen::DQUOTE_OR_BACKSLASH,
-        Seen::SPACE_TO_COLLAPSE,
-        Seen::PAREN,
-        KEYWORDS[0].3,
-        KEYWORDS[1].3,
-        KEYWORDS[2].3,
-        KEYWORDS[3].3,
-        Seen::NON_ASCII,
-    ];
 
     /// Adds what the sixteen bytes at `q[at..]` hold to `acc`, one vector per class
     /// of `CLASSES` (for non-ASCII the bytes themselves: their top bit tells).
@@ -245,11 +263,113 @@ mod sse2 {
     }
 }
 
+/// `classify` thirty-two bytes at a time: the same classes, tests and padding as
+/// the SSE2 scan, in vectors twice as wide.
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::{
+        __m256i, _mm256_add_epi8, _mm256_and_si256, _mm256_cmpeq_epi8, _mm256_cmpgt_epi8,
+        _mm256_loadu_si256, _mm256_movemask_epi8, _mm256_or_si256, _mm256_set1_epi8,
+        _mm256_setzero_si256,
+    };
+
+    use super::{AHEAD, CLASSES, KEYWORDS, Seen};
+
+    #[target_feature(enable = "avx2")]
+    fn eq(v: __m256i, b: u8) -> __m256i {
+        _mm256_cmpeq_epi8(v, _mm256_set1_epi8(b as i8))
+    }
+
+    /// Lanes whose byte lies in `lo..=hi` (both below 0x80), as in the SSE2 scan:
+    /// shifted so that the range starts at -128, one signed comparison tells.
+    #[target_feature(enable = "avx2")]
+    fn in_range(v: __m256i, lo: u8, hi: u8) -> __m256i {
+        let shifted = _mm256_add_epi8(v, _mm256_set1_epi8(0x80u8.wrapping_sub(lo) as i8));
+        _mm256_cmpgt_epi8(_mm256_set1_epi8((0x80 + (hi - lo) + 1) as i8), shifted)
+    }
+
+    /// Adds what the thirty-two bytes at `q[at..]` hold to `acc`, one vector per
+    /// class of `CLASSES`.
+    #[target_feature(enable = "avx2")]
+    fn accumulate(acc: &mut [__m256i; 10], q: &[u8], at: usize) {
+        assert!(at + 32 + AHEAD <= q.len());
+        // SAFETY: every load reads thirty-two bytes from at most `at + AHEAD`, which
+        // the assertion keeps inside `q`; the loads are unaligned.
+        let load = |ahead: usize| unsafe { _mm256_loadu_si256(q.as_ptr().add(at + ahead).cast()) };
+        let v = load(0);
+        let next = load(1);
+        let fold = |x: __m256i| _mm256_or_si256(x, _mm256_set1_epi8(0x20));
+        let lower = fold(v);
+        let pair = |a: __m256i, x: u8, b: __m256i, y: u8| _mm256_and_si256(eq(a, x), eq(b, y));
+        let keyword = |k: usize| {
+            let (first, distance, last, _) = KEYWORDS[k];
+            pair(lower, first, fold(load(distance)), last)
+        };
+        let found = [
+            eq(v, b'/'),
+            _mm256_or_si256(pair(v, b'-', next, b'-'), eq(v, b'#')),
+            _mm256_or_si256(eq(v, b'"'), eq(v, b'\\')),
+            _mm256_or_si256(in_range(v, 0x09, 0x0d), pair(v, b' ', next, b' ')),
+            eq(v, b'('),
+            keyword(0),
+            keyword(1),
+            keyword(2),
+            keyword(3),
+            v,
+        ];
+        for (a, f) in acc.iter_mut().zip(found) {
+            *a = _mm256_or_si256(*a, f);
+        }
+    }
+
+    /// # Safety
+    /// The CPU must have AVX2.
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn classify(q: &[u8]) -> Seen {
+        let mut acc = [_mm256_setzero_si256(); 10];
+        let mut at = 0;
+        while at + 32 + AHEAD <= q.len() {
+            accumulate(&mut acc, q, at);
+            at += 32;
+        }
+        // The rest (fewer than 32 + AHEAD bytes) padded with zeros, which are in no
+        // class and no keyword's letter.
+        let mut rest = [0u8; 2 * 32 + AHEAD];
+        rest[..q.len() - at].copy_from_slice(&q[at..]);
+        accumulate(&mut acc, &rest, 0);
+        if q.len() - at > 32 {
+            accumulate(&mut acc, &rest, 32);
+        }
+        let mut seen = 0;
+        for (v, class) in acc.into_iter().zip(CLASSES) {
+            if _mm256_movemask_epi8(v) != 0 {
+                seen |= class;
+            }
+        }
+        Seen(seen)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
 
     use super::*;
+
+    /// `classify` and every vector scan behind it that this CPU can run: each must
+    /// agree with the byte-by-byte reference.
+    fn assert_every_classify_agrees(q: &[u8], what: &str) {
+        let want = classify_bytewise(q);
+        assert_eq!(classify(q), want, "{what}");
+        #[cfg(target_arch = "x86_64")]
+        {
+            assert_eq!(sse2::classify(q), want, "SSE2, {what}");
+            if std::arch::is_x86_feature_detected!("avx2") {
+                // SAFETY: the CPU has AVX2.
+                assert_eq!(unsafe { avx2::classify(q) }, want, "AVX2, {what}");
+            }
+        }
+    }
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(5000))]
@@ -268,7 +388,7 @@ mod tests {
             ),
             from in 0usize..90,
         ) {
-            prop_assert_eq!(classify(&q), classify_bytewise(&q));
+            assert_every_classify_agrees(&q, &format!("{q:?}"));
             prop_assert_eq!(next_stop(&q, from.min(q.len())), next_stop_bytewise(&q, from.min(q.len())));
         }
     }
@@ -289,7 +409,7 @@ mod tests {
                     q[at..at + word.len()].copy_from_slice(word.as_bytes());
                     let seen = classify(&q);
                     assert!(seen.has(class), "{word:?} at {at} of {len}");
-                    assert_eq!(seen, classify_bytewise(&q), "{word:?} at {at} of {len}");
+                    assert_every_classify_agrees(&q, &format!("{word:?} at {at} of {len}"));
                 }
             }
         }
@@ -298,10 +418,10 @@ mod tests {
     #[test]
     fn every_byte_value_in_every_lane() {
         for b in 0..=255u8 {
-            for lane in 0..40 {
-                let mut q = vec![b'a'; 40];
+            for lane in 0..80 {
+                let mut q = vec![b'a'; 80];
                 q[lane] = b;
-                assert_eq!(classify(&q), classify_bytewise(&q), "byte {b:#x} at {lane}");
+                assert_every_classify_agrees(&q, &format!("byte {b:#x} at {lane}"));
                 assert_eq!(
                     next_stop(&q, 0),
                     next_stop_bytewise(&q, 0),
