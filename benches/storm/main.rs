@@ -313,7 +313,7 @@ fn pt_kill_cmd(pt_kill: &str, port: u16, idle_secs: u32) -> Command {
     cmd
 }
 
-/// Runs `cmd` with the loader path it would have outside `cargo bench`. Cargo adds
+/// Gives `cmd` the loader path it would have outside `cargo bench`. Cargo adds
 /// its target directory and the toolchain's libraries to `LD_LIBRARY_PATH`, and the
 /// loader then looked for `libgcc_s.so.1` in about 120 directories before the
 /// system's at each start of the daemon (`strace`: 242 failed `openat` and
