@@ -107,7 +107,7 @@ const AHEAD: usize = {
     most
 };
 
-/// The classes in the order of `accumulate`'s vectors: five of single bytes and
+/// The classes in the order of `classes_found!`'s vectors: five of single bytes and
 /// pairs, then `KEYWORDS`, then non-ASCII.
 #[cfg(target_arch = "x86_64")]
 const CLASSES: [u16; 10] = [
@@ -122,6 +122,27 @@ const CLASSES: [u16; 10] = [
     KEYWORDS[3].3,
     Seen::NON_ASCII,
 ];
+
+/// The vectors of `CLASSES`, in its order, for the bytes `$v` (and `$next`, the
+/// same bytes one further on), written once for both vector widths: `$or` and
+/// `$eq` are the width's, `$pair`, `$in_range` and `$keyword` its helpers.
+#[cfg(target_arch = "x86_64")]
+macro_rules! classes_found {
+    ($v:ident, $next:ident, $or:ident, $eq:ident, $pair:ident, $in_range:ident, $keyword:ident) => {
+        [
+            $eq($v, b'/'),
+            $or($pair($v, b'-', $next, b'-'), $eq($v, b'#')),
+            $or($eq($v, b'"'), $eq($v, b'\\')),
+            $or($in_range($v, 0x09, 0x0d), $pair($v, b' ', $next, b' ')),
+            $eq($v, b'('),
+            $keyword(0),
+            $keyword(1),
+            $keyword(2),
+            $keyword(3),
+            $v,
+        ]
+    };
+}
 
 #[cfg(target_arch = "x86_64")]
 pub(super) use sse2::next_stop;
@@ -190,18 +211,7 @@ mod sse2 {
             let (first, distance, last, _) = KEYWORDS[k];
             pair(lower, first, fold(load(distance)), last)
         };
-        let found = [
-            eq(v, b'/'),
-            _mm_or_si128(pair(v, b'-', next, b'-'), eq(v, b'#')),
-            _mm_or_si128(eq(v, b'"'), eq(v, b'\\')),
-            _mm_or_si128(in_range(v, 0x09, 0x0d), pair(v, b' ', next, b' ')),
-            eq(v, b'('),
-            keyword(0),
-            keyword(1),
-            keyword(2),
-            keyword(3),
-            v,
-        ];
+        let found = classes_found!(v, next, _mm_or_si128, eq, pair, in_range, keyword);
         for (a, f) in acc.iter_mut().zip(found) {
             *a = _mm_or_si128(*a, f);
         }
@@ -305,18 +315,7 @@ mod avx2 {
             let (first, distance, last, _) = KEYWORDS[k];
             pair(lower, first, fold(load(distance)), last)
         };
-        let found = [
-            eq(v, b'/'),
-            _mm256_or_si256(pair(v, b'-', next, b'-'), eq(v, b'#')),
-            _mm256_or_si256(eq(v, b'"'), eq(v, b'\\')),
-            _mm256_or_si256(in_range(v, 0x09, 0x0d), pair(v, b' ', next, b' ')),
-            eq(v, b'('),
-            keyword(0),
-            keyword(1),
-            keyword(2),
-            keyword(3),
-            v,
-        ];
+        let found = classes_found!(v, next, _mm256_or_si256, eq, pair, in_range, keyword);
         for (a, f) in acc.iter_mut().zip(found) {
             *a = _mm256_or_si256(*a, f);
         }
