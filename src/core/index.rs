@@ -233,9 +233,11 @@ impl<'a> Index<'a> {
             unsorted.push(row);
         }
         // A counting sort by (user, command): stable, so each group's sessions
-        // stay ascending. It reads the 12-byte `fields`, sorts the sessions'
-        // indexes, then gathers the rows into place: no copy of the rows to
-        // scatter them into.
+        // stay ascending. It counts the groups in the 12-byte `fields`, then
+        // writes each row to its group's next place, reading `unsorted` in order.
+        // (Reading rows in group order instead, through a sorted list of their
+        // indexes, was a read from a random place per row: 12 % of `plan` 100k x 1
+        // in `perf`.)
         let group =
             |&[user, command, _]: &[u32; 3]| user as usize * commands.len() + command as usize;
         let mut start = vec![0u32; users.len() * commands.len() + 1];
@@ -246,13 +248,19 @@ impl<'a> Index<'a> {
             start[g] += start[g - 1];
         }
         let mut next = start.clone();
-        let mut order = vec![0u32; fields.len()];
-        for (i, f) in fields.iter().enumerate() {
+        let mut rows: Vec<Row> = Vec::with_capacity(fields.len());
+        let places = &mut rows.spare_capacity_mut()[..fields.len()];
+        for (f, row) in fields.iter().zip(&unsorted) {
             let slot = &mut next[group(f)];
-            order[*slot as usize] = i as u32;
+            places[*slot as usize].write(*row);
             *slot += 1;
         }
-        let rows = order.iter().map(|&i| unsorted[i as usize]).collect();
+        // Each group's places were filled up to the next group's start.
+        debug_assert_eq!(next[..next.len() - 1], start[1..]);
+        // SAFETY: the places written are `start[g]..start[g + 1]` for each group
+        // g, as many as `fields` has rows of g (counted above from these same
+        // `fields`): together every place in `0..fields.len()`, each once.
+        unsafe { rows.set_len(fields.len()) };
         Index {
             users,
             commands,
