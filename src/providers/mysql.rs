@@ -652,15 +652,7 @@ impl MysqlProvider {
                     }
                     Some((Answer::Refused { code, message }, at)) => {
                         self.metrics.provider_request("mysql", "kill", "error");
-                        let text = format!("server error {code}: {message}");
-                        let result = match code {
-                            // ER_NO_SUCH_THREAD, ER_NO_SUCH_QUERY
-                            1094 | 1957 => KillResult::Gone,
-                            // ER_KILL_DENIED_ERROR, ER_SPECIFIC_ACCESS_DENIED_ERROR
-                            1095 | 1227 => KillResult::Refused(text),
-                            _ => KillResult::Failed(text),
-                        };
-                        (result, *at)
+                        (kill_error(*code, message), *at)
                     }
                     Some((Answer::Lost { why, outcome }, at)) => {
                         self.metrics.provider_request("mysql", "kill", outcome);
@@ -1288,6 +1280,24 @@ fn session_from_row(row: Row, flavour: Flavour) -> Option<Session> {
     })
 }
 
+/// What a server's error to one `KILL` means.
+fn kill_error(code: u16, message: &str) -> KillResult {
+    let text = format!("server error {code}: {message}");
+    match code {
+        // ER_NO_SUCH_THREAD, ER_NO_SUCH_QUERY
+        1094 | 1957 => KillResult::Gone,
+        // ER_KILL_DENIED_ERROR, ER_SPECIFIC_ACCESS_DENIED_ERROR: the account may
+        // not kill it. Every kill of a run says so, so the hint says what to grant.
+        1095 | 1227 => KillResult::Refused(format!(
+            "{text} (killing other accounts' sessions takes CONNECTION ADMIN on MariaDB \
+             10.5.2 and later, CONNECTION_ADMIN on MySQL 8, SUPER on older servers; on \
+             MySQL 8.0.16 and later, a session of an account with SYSTEM_USER takes \
+             SYSTEM_USER too)"
+        )),
+        _ => KillResult::Failed(text),
+    }
+}
+
 /// `split_host` of a row's `HOST`, reusing its string: the address is its start
 /// (`10.0.0.7` of `10.0.0.7:51234`), and only an IPv6 one in brackets is copied.
 /// An empty host is none.
@@ -1334,6 +1344,33 @@ fn describe(e: &mysql_async::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A refused kill says what the account lacks; a session gone is not an
+    /// error; anything else is a failure with the server's words.
+    #[test]
+    fn kill_errors_are_gone_refused_with_the_grant_or_failed() {
+        assert_eq!(kill_error(1094, "Unknown thread id: 7"), KillResult::Gone);
+        assert_eq!(kill_error(1957, "Unknown query id: 9"), KillResult::Gone);
+        for code in [1095, 1227] {
+            let KillResult::Refused(why) = kill_error(code, "You are not owner of thread 7") else {
+                panic!("{code} is not a refusal");
+            };
+            assert!(why.starts_with(&format!(
+                "server error {code}: You are not owner of thread 7 ("
+            )));
+            for grant in [
+                "CONNECTION ADMIN on MariaDB",
+                "CONNECTION_ADMIN on MySQL",
+                "SYSTEM_USER",
+            ] {
+                assert!(why.contains(grant), "{why}");
+            }
+        }
+        assert_eq!(
+            kill_error(1053, "Server shutdown in progress"),
+            KillResult::Failed("server error 1053: Server shutdown in progress".to_owned())
+        );
+    }
 
     #[test]
     fn the_flavour_follows_the_version_and_performance_schema() {
