@@ -1287,7 +1287,7 @@ fn kill_error(code: u16, message: &str) -> KillResult {
         // ER_NO_SUCH_THREAD, ER_NO_SUCH_QUERY
         1094 | 1957 => KillResult::Gone,
         // ER_KILL_DENIED_ERROR, ER_SPECIFIC_ACCESS_DENIED_ERROR: the account may
-        // not kill it. Every kill of a run says so, so the hint says what to grant.
+        // not kill it. 1095's words do not say what to grant; the hint does.
         1095 | 1227 => KillResult::Refused(format!(
             "{text} (killing other accounts' sessions takes CONNECTION ADMIN on MariaDB \
              10.5.2 and later, CONNECTION_ADMIN on MySQL 8, SUPER on older servers; on \
