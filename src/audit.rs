@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::core::session::Session;
+use crate::core::session::{Session, Text};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -36,12 +36,12 @@ pub struct Record {
     pub target: Arc<str>,
     pub policy: Arc<str>,
     pub session_id: u64,
-    pub user: Option<String>,
-    pub host: Option<String>,
+    pub user: Option<Text>,
+    pub host: Option<Text>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub port: Option<u16>,
-    pub db: Option<String>,
-    pub command: String,
+    pub db: Option<Text>,
+    pub command: Text,
     pub time_ms: u64,
     pub fingerprint: Option<String>,
     pub action: Cow<'static, str>,
@@ -539,11 +539,11 @@ mod tests {
                     target: target.into(),
                     policy: policy.into(),
                     session_id,
-                    user,
-                    host,
+                    user: user.map(Text::from),
+                    host: host.map(Text::from),
                     port,
-                    db,
-                    command,
+                    db: db.map(Text::from),
+                    command: command.into(),
                     time_ms,
                     fingerprint,
                     action: action.into(),
@@ -582,7 +582,7 @@ mod tests {
         ];
         let session = Session {
             id: 1,
-            command: "Sleep".to_owned(),
+            command: "Sleep".into(),
             ..Session::default()
         };
         for len in [1, 7, 8, 9, 17, 24] {

@@ -297,7 +297,7 @@ async fn tencent_lists_with_filters_pushed_down_and_kills_with_prepare_commit() 
     let p = provider(&setup, &tencent_target(&setup, &fake, ""));
     let want = Want {
         user: Some(app.name.clone()),
-        command: Some("Sleep".to_owned()),
+        command: Some("Sleep".into()),
         ..Want::default()
     };
     let snap = p.snapshot(&want).await.unwrap();
@@ -404,7 +404,7 @@ async fn tencent_recheck_spares_a_session_that_changed_hands() {
     let snap = p.snapshot(&Want::everything()).await.unwrap();
     let mut reqs = requests(&snap.sessions, &other, &[]);
     let mut planned = reqs[0].session.clone();
-    planned.user = Some("app".to_owned());
+    planned.user = Some("app".into());
     reqs[0].session = &planned;
     let out = p.kill(&reqs, &identity).await;
     assert!(

@@ -722,7 +722,7 @@ async fn kill_is_skipped_when_the_id_now_belongs_to_another_user() {
         .clone();
     // The plan saw this id as `app` running a statement; by kill time it is `other`.
     let mut planned = real.clone();
-    planned.user = Some("app".to_owned());
+    planned.user = Some("app".into());
     planned.sql = Some("SELECT SLEEP(100)".to_owned());
     let outcomes = p
         .kill(

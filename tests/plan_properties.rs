@@ -80,20 +80,20 @@ fn session() -> impl Strategy<Value = Session> {
         .prop_map(
             |(id, user, command, time_ms, trx, sql, (host, db, state, template))| Session {
                 id,
-                user: user.map(str::to_owned),
-                host: host.map(str::to_owned),
+                user: user.map(Into::into),
+                host: host.map(Into::into),
                 port: Some(40000),
-                db: db.map(str::to_owned),
-                command: command.to_owned(),
+                db: db.map(Into::into),
+                command: command.into(),
                 time_ms,
-                state: state.map(str::to_owned),
-                sql: sql.map(str::to_owned),
+                state: state.map(Into::into),
+                sql: sql.map(Into::into),
                 query_id: Some(id * 10),
                 trx: trx.map(|age_ms| Transaction {
-                    id: "1".to_owned(),
+                    id: "1".into(),
                     age_ms,
                 }),
-                template_id: template.map(str::to_owned),
+                template_id: template.map(Into::into),
                 node: None,
             },
         )
@@ -352,8 +352,8 @@ proptest! {
 fn idle_app_session() -> Session {
     Session {
         id: 7,
-        user: Some("app".to_owned()),
-        command: "Sleep".to_owned(),
+        user: Some("app".into()),
+        command: "Sleep".into(),
         time_ms: 10,
         ..Session::default()
     }
@@ -411,8 +411,8 @@ fn an_id_listed_twice_is_never_a_victim() {
 #[test]
 fn a_row_the_server_could_not_read_is_never_a_victim() {
     let busy = Session {
-        user: Some("repl".to_owned()),
-        command: "Busy".to_owned(),
+        user: Some("repl".into()),
+        command: "Busy".into(),
         time_ms: 5_000,
         ..idle_app_session()
     };

@@ -58,7 +58,7 @@ async fn compare_and_kill_skips_a_reused_id_and_a_finished_statement() {
     let mut ids = Vec::new();
     for s in std::sync::Arc::make_mut(&mut snapshot.sessions).iter_mut() {
         if s.user.as_deref() == Some(other.name.as_str()) {
-            s.user = Some("app".to_owned());
+            s.user = Some("app".into());
             ids.push(s.id);
         }
     }
@@ -353,11 +353,11 @@ fn the_audit_log_rotates_by_size_and_keeps_n_files() {
         target: "db".into(),
         policy: "p".into(),
         session_id: n,
-        user: Some("app".to_owned()),
-        host: Some("10.0.0.1".to_owned()),
+        user: Some("app".into()),
+        host: Some("10.0.0.1".into()),
         port: None,
         db: None,
-        command: "Sleep".to_owned(),
+        command: "Sleep".into(),
         time_ms: 1,
         fingerprint: None,
         action: "kill".into(),

@@ -180,13 +180,8 @@ pub fn snapshot(n: usize, seed: u64) -> Snapshot {
         };
         sessions.push(Session {
             id,
-            user: Some(user.to_owned()),
-            host: Some(format!(
-                "10.{}.{}.{}",
-                rng.below(4),
-                rng.below(32),
-                rng.below(250)
-            )),
+            user: Some(user.into()),
+            host: Some(format!("10.{}.{}.{}", rng.below(4), rng.below(32), rng.below(250)).into()),
             port: Some(30000 + rng.below(30000) as u16),
             db: Some(
                 rng.pick(&[
@@ -197,15 +192,16 @@ pub fn snapshot(n: usize, seed: u64) -> Snapshot {
                     "search",
                     "inventory",
                 ])
-                .to_string(),
+                .to_owned()
+                .into(),
             ),
-            command: command.to_owned(),
+            command: command.into(),
             time_ms,
-            state: state.map(str::to_owned),
+            state: state.map(Into::into),
             sql: busy.then(|| statement(&mut rng)),
             query_id: Some(id * 7),
             trx: rng.chance(12).then(|| Transaction {
-                id: format!("{}", 421_000_000 + rng.below(1_000_000)),
+                id: format!("{}", 421_000_000 + rng.below(1_000_000)).into(),
                 age_ms: time_ms + rng.below(60_000),
             }),
             template_id: None,

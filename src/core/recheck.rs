@@ -98,7 +98,7 @@ pub fn recheck(
 fn client(s: &Session) -> String {
     match (&s.host, s.port) {
         (Some(h), Some(p)) => format!("{h}:{p}"),
-        (Some(h), None) => h.clone(),
+        (Some(h), None) => h.to_string(),
         (None, _) => "?".to_owned(),
     }
 }

@@ -3,7 +3,13 @@
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
+use compact_str::CompactString;
 use serde::{Deserialize, Serialize};
+
+/// A session's short text (user, host, database, command, state): kept in the
+/// session itself up to 24 bytes, so that reading a snapshot's sessions one after
+/// another reads no other memory for them (`plan` reads them for every session).
+pub type Text = CompactString;
 
 /// One server session (a processlist row), whatever provider it came from.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -12,22 +18,22 @@ pub struct Session {
     pub id: u64,
     /// The account; `None` when the source could not say (never killed).
     #[serde(default)]
-    pub user: Option<String>,
+    pub user: Option<Text>,
     /// The client address without its port (`10.0.0.7`, `localhost`).
     #[serde(default)]
-    pub host: Option<String>,
+    pub host: Option<Text>,
     /// The client port, when the source gives one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub port: Option<u16>,
     #[serde(default)]
-    pub db: Option<String>,
+    pub db: Option<Text>,
     /// `Sleep`, `Query`, `Binlog Dump`, ...
-    pub command: String,
+    pub command: Text,
     /// How long the session has been in its current state, in milliseconds, never
     /// more than it can have been (whole-second sources are not rounded up).
     pub time_ms: u64,
     #[serde(default)]
-    pub state: Option<String>,
+    pub state: Option<Text>,
     /// The statement text; may be truncated, may be absent.
     #[serde(default)]
     pub sql: Option<String>,
@@ -40,16 +46,16 @@ pub struct Session {
     pub trx: Option<Transaction>,
     /// A provider's own statement-template id (Alibaba DAS `SqlTemplateId`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub template_id: Option<String>,
+    pub template_id: Option<Text>,
     /// The node the session lives on (cluster providers).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub node: Option<String>,
+    pub node: Option<Text>,
 }
 
 /// An open InnoDB transaction of a session.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Transaction {
-    pub id: String,
+    pub id: Text,
     /// Age in milliseconds, never more than it can be.
     pub age_ms: u64,
 }

@@ -29,7 +29,7 @@ use super::{
 };
 use crate::config::secret;
 use crate::config::yaml::Map;
-use crate::core::session::{ServerInfo, Session, Snapshot, Transaction};
+use crate::core::session::{ServerInfo, Session, Snapshot, Text, Transaction};
 use crate::metrics::Metrics;
 
 pub const NAME: &str = "alibaba-das";
@@ -345,7 +345,7 @@ fn session(row: &Value) -> Result<Session, String> {
         row.get("TrxDuration").and_then(json_u64),
     ) {
         (Some(id), age) => Some(Transaction {
-            id,
+            id: id.into(),
             age_ms: age.unwrap_or(0).saturating_mul(1000),
         }),
         (None, _) => None,
@@ -359,17 +359,17 @@ fn session(row: &Value) -> Result<Session, String> {
     };
     Ok(Session {
         id,
-        user: field("User"),
+        user: field("User").map(Text::from),
         host,
         port,
-        db: field("DbName"),
-        command: field("Command").unwrap_or_default(),
+        db: field("DbName").map(Text::from),
+        command: field("Command").map(Text::from).unwrap_or_default(),
         time_ms: time_s.saturating_mul(1000),
-        state: field("State"),
+        state: field("State").map(Text::from),
         sql: field("SqlText"),
         query_id: None,
         trx,
-        template_id: field("SqlTemplateId"),
+        template_id: field("SqlTemplateId").map(Text::from),
         node: None,
     })
 }

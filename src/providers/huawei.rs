@@ -28,7 +28,7 @@ use super::{
 use crate::config::secret;
 use crate::config::yaml::Map;
 use crate::core::policy::Policy;
-use crate::core::session::{ServerInfo, Session, Snapshot, Transaction};
+use crate::core::session::{ServerInfo, Session, Snapshot, Text, Transaction};
 use crate::metrics::Metrics;
 
 pub const NAME: &str = "huawei-das";
@@ -515,17 +515,17 @@ pub fn parse_sessions(doc: &Value) -> Result<Vec<Session>, String> {
             };
             Ok(Session {
                 id,
-                user: field("user"),
+                user: field("user").map(Text::from),
                 host,
                 port,
-                db: field("database"),
-                command: field("command").unwrap_or_default(),
+                db: field("database").map(Text::from),
+                command: field("command").map(Text::from).unwrap_or_default(),
                 time_ms: time_s.saturating_mul(1000),
-                state: field("state"),
+                state: field("state").map(Text::from),
                 sql: field("sql"),
                 query_id: None,
                 trx: (trx_s > 0).then(|| Transaction {
-                    id: String::new(),
+                    id: Text::default(),
                     age_ms: trx_s.saturating_mul(1000),
                 }),
                 template_id: None,
@@ -597,7 +597,7 @@ impl Provider for HuaweiProvider {
         // One listing per user of the batch, right before the kill.
         let mut users: Vec<String> = requests
             .iter()
-            .filter_map(|r| r.session.user.clone())
+            .filter_map(|r| r.session.user.as_deref().map(str::to_owned))
             .collect();
         users.sort();
         users.dedup();

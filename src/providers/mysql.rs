@@ -36,7 +36,7 @@ use super::{
 use crate::config::secret;
 use crate::config::yaml::Map;
 use crate::core::policy::Action;
-use crate::core::session::{ServerInfo, Session, Snapshot, Transaction};
+use crate::core::session::{ServerInfo, Session, Snapshot, Text, Transaction};
 use crate::metrics::Metrics;
 
 pub const SPEC: Spec = Spec {
@@ -1208,9 +1208,9 @@ fn value_ms(v: &Value) -> Option<u64> {
 
 /// `10.0.0.7:51234` → (`10.0.0.7`, 51234); `localhost` → (`localhost`, none).
 /// TCP clients always carry `:port` in the process list; IPv6 ones too (`::1:51234`).
-pub fn split_host(raw: &str) -> (String, Option<u16>) {
+pub fn split_host(raw: &str) -> (Text, Option<u16>) {
     let (addr, port) = split_host_ref(raw);
-    (addr.to_owned(), port)
+    (Text::from(addr), port)
 }
 
 /// `split_host`, borrowing the address.
@@ -1243,16 +1243,17 @@ fn port_number(s: &str) -> Option<u16> {
 
 fn session_from_row(row: Row, flavour: Flavour) -> Option<Session> {
     let mut v = row.unwrap_raw();
-    // Text columns are taken out of the row: their bytes become the strings
-    // without a copy.
+    // Text columns are taken out of the row: a statement's bytes become its
+    // string without a copy; the short columns are moved into the session's own
+    // `Text` (their buffers freed at once, so the snapshot holds none of them).
     let mut take = |i: usize| v.get_mut(i).and_then(Option::take).and_then(into_string);
     let (host, port) = take(2).map_or((None, None), host_and_port);
-    let user = take(1);
-    let db = take(3);
-    let command = take(4).unwrap_or_default();
-    let state = take(6).filter(|s| !s.is_empty());
+    let user = take(1).map(Text::from);
+    let db = take(3).map(Text::from);
+    let command = take(4).map(Text::from).unwrap_or_default();
+    let state = take(6).filter(|s| !s.is_empty()).map(Text::from);
     let sql = take(7);
-    let trx_id = take(9);
+    let trx_id = take(9).map(Text::from);
     let id = column(&v, 0).and_then(value_u64)?;
     let trx = match (trx_id, column(&v, 10).and_then(value_ms)) {
         (Some(id), Some(age_ms)) => Some(Transaction { id, age_ms }),
@@ -1298,21 +1299,13 @@ fn kill_error(code: u16, message: &str) -> KillResult {
     }
 }
 
-/// `split_host` of a row's `HOST`, reusing its string: the address is its start
-/// (`10.0.0.7` of `10.0.0.7:51234`), and only an IPv6 one in brackets is copied.
-/// An empty host is none.
-fn host_and_port(mut h: String) -> (Option<String>, Option<u16>) {
+/// `split_host` of a row's `HOST`; an empty host is none.
+fn host_and_port(h: String) -> (Option<Text>, Option<u16>) {
     if h.is_empty() {
         return (None, None);
     }
-    let (addr, port) = split_host_ref(&h);
-    let (start, len) = (addr.as_ptr() as usize - h.as_ptr() as usize, addr.len());
-    if start == 0 {
-        h.truncate(len);
-    } else {
-        h = h[start..start + len].to_owned();
-    }
-    (Some(h), port)
+    let (addr, port) = split_host(&h);
+    (Some(addr), port)
 }
 
 fn column(v: &[Option<Value>], i: usize) -> Option<&Value> {
@@ -1416,21 +1409,18 @@ mod tests {
     fn hosts_lose_their_port() {
         assert_eq!(
             split_host("10.0.0.7:51234"),
-            ("10.0.0.7".to_owned(), Some(51234))
+            ("10.0.0.7".into(), Some(51234))
         );
-        assert_eq!(split_host("localhost"), ("localhost".to_owned(), None));
-        assert_eq!(split_host("::1:51234"), ("::1".to_owned(), Some(51234)));
-        assert_eq!(
-            split_host("[fe80::1]:3306"),
-            ("fe80::1".to_owned(), Some(3306))
-        );
+        assert_eq!(split_host("localhost"), ("localhost".into(), None));
+        assert_eq!(split_host("::1:51234"), ("::1".into(), Some(51234)));
+        assert_eq!(split_host("[fe80::1]:3306"), ("fe80::1".into(), Some(3306)));
         assert_eq!(
             split_host("web-1.example.com:40000"),
-            ("web-1.example.com".to_owned(), Some(40000))
+            ("web-1.example.com".into(), Some(40000))
         );
         // What is not a port stays a part of the host.
         for raw in ["db:99999", "db:", "db:+80", "db:8o", ":3306"] {
-            assert_eq!(split_host(raw), (raw.to_owned(), None), "{raw}");
+            assert_eq!(split_host(raw), (raw.into(), None), "{raw}");
         }
         // In brackets, the address is the part inside them, with or without a port.
         for raw in [
@@ -1439,7 +1429,7 @@ mod tests {
             "[fe80::1]:+80",
             "[fe80::1]:8o",
         ] {
-            assert_eq!(split_host(raw), ("fe80::1".to_owned(), None), "{raw}");
+            assert_eq!(split_host(raw), ("fe80::1".into(), None), "{raw}");
         }
     }
 

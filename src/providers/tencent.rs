@@ -26,7 +26,7 @@ use super::{
 };
 use crate::config::secret;
 use crate::config::yaml::Map;
-use crate::core::session::{ServerInfo, Session, Snapshot};
+use crate::core::session::{ServerInfo, Session, Snapshot, Text};
 use crate::metrics::Metrics;
 
 pub const NAME: &str = "tencent-dbbrain";
@@ -384,13 +384,13 @@ pub fn parse_sessions(doc: &Value) -> Result<Vec<Session>, String> {
             };
             Ok(Session {
                 id,
-                user: field("User"),
+                user: field("User").map(Text::from),
                 host,
                 port,
-                db: field("DB"),
-                command: field("Command").unwrap_or_default(),
+                db: field("DB").map(Text::from),
+                command: field("Command").map(Text::from).unwrap_or_default(),
                 time_ms: time_s.saturating_mul(1000),
-                state: field("State"),
+                state: field("State").map(Text::from),
                 sql: field("Info"),
                 query_id: None,
                 trx: None,
