@@ -1283,19 +1283,22 @@ fn session_from_row(row: Row, flavour: Flavour) -> Option<Session> {
 
 /// What a server's error to one `KILL` means.
 fn kill_error(code: u16, message: &str) -> KillResult {
-    let text = format!("server error {code}: {message}");
+    // Written only for the results that carry it: a session gone is common in a
+    // storm whose clients leave by themselves.
+    let text = || format!("server error {code}: {message}");
     match code {
         // ER_NO_SUCH_THREAD, ER_NO_SUCH_QUERY
         1094 | 1957 => KillResult::Gone,
         // ER_KILL_DENIED_ERROR, ER_SPECIFIC_ACCESS_DENIED_ERROR: the account may
         // not kill it. 1095's words do not say what to grant; the hint does.
         1095 | 1227 => KillResult::Refused(format!(
-            "{text} (killing other accounts' sessions takes CONNECTION ADMIN on MariaDB \
+            "{} (killing other accounts' sessions takes CONNECTION ADMIN on MariaDB \
              10.5.2 and later, CONNECTION_ADMIN on MySQL 8, SUPER on older servers; on \
              MySQL 8.0.16 and later, a session of an account with SYSTEM_USER takes \
-             SYSTEM_USER too)"
+             SYSTEM_USER too)",
+            text()
         )),
-        _ => KillResult::Failed(text),
+        _ => KillResult::Failed(text()),
     }
 }
 
