@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use mysql_async::prelude::Queryable;
 use session_reaper::config;
+use session_reaper::core::plan::{Spare, Why, plan};
 use session_reaper::core::policy::Action;
+use session_reaper::core::protected::Protection;
 use session_reaper::core::recheck::{Recheck, recheck};
 use session_reaper::core::session::{Session, Snapshot};
 use session_reaper::metrics::Metrics;
@@ -985,4 +987,84 @@ async fn a_mysql_before_8_0_22_is_read_from_information_schema_and_killed_by_thr
     .await;
     assert!(gone, "the idle sessions are gone");
     drop(idle);
+}
+
+/// A session a kill has reached stays listed, with the command `Killed`, until its
+/// thread ends: for as long as rolling back what its transaction wrote takes. A
+/// policy on its user alone spares it, and a kill planned before the kill reached
+/// it finds it gone at its re-check: no session is killed twice.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_session_rolling_back_after_a_kill_is_never_killed_again() {
+    let db = MariaDb::shared();
+    let setup = Setup::new();
+    let reaper = db.reaper_user().await;
+    let app = db.create_user("rollback_app", None).await;
+    let dbname = db.create_db("rollback", &[&app]).await;
+    let mut conn = db.connect(&app.name, &app.password).await.unwrap();
+    conn.query_drop("START TRANSACTION").await.unwrap();
+    // Enough rows that rolling them back takes a good part of a second.
+    conn.query_drop(format!(
+        "INSERT INTO `{dbname}`.t SELECT seq + 10, seq FROM `{dbname}`.seq_1_to_300000"
+    ))
+    .await
+    .unwrap();
+    let id = u64::from(conn.id());
+    setup.policy(
+        "p.yaml",
+        &format!(
+            "name: app\nschedule: every 100ms\nmode: enforce\nmatch:\n  user: {}\n",
+            app.name
+        ),
+    );
+    let path = setup.config(&format!(
+        "targets:\n{}",
+        setup.mysql_target("db", db, &reaper)
+    ));
+    let config = config::load(&path).expect("valid config");
+    let (target, policy) = (&config.targets[0], &config.policies[0]);
+    let protected = target.protected();
+    let p = target.factory.build("db", Arc::new(Metrics::new()));
+    let before = p.snapshot(&Want::everything()).await.unwrap();
+    let planned = before.sessions.iter().find(|s| s.id == id).expect("listed");
+    assert!(planned.trx.is_some(), "{planned:?}");
+
+    let mut admin = db.admin().await;
+    admin
+        .query_drop(format!("KILL CONNECTION {id}"))
+        .await
+        .unwrap();
+    let after = p.snapshot(&Want::everything()).await.unwrap();
+    let i = after
+        .sessions
+        .iter()
+        .position(|s| s.id == id)
+        .expect("listed while it rolls back");
+    assert_eq!(
+        after.sessions[i].command, "Killed",
+        "{:?}",
+        after.sessions[i]
+    );
+    let plan = plan(&after, &[policy], &protected, chrono::Utc::now());
+    assert_eq!(
+        plan.decisions[i].why,
+        Why::Spared(Spare::Protected(Protection::BeingKilled))
+    );
+
+    let own = after.own_connection_ids.clone();
+    let check = |req: &KillRequest, fresh: Option<&Session>| {
+        recheck(
+            req.session,
+            fresh,
+            req.action,
+            Some(policy),
+            &protected,
+            &own,
+            true,
+        )
+    };
+    let out = p.kill(&kills_of(&before, &app.name), &check).await;
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].result, KillResult::Gone, "{out:?}");
+    assert!(out[0].sent_at.is_none(), "no second kill was sent");
+    let _ = admin.disconnect().await;
 }

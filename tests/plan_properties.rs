@@ -11,6 +11,7 @@ use session_reaper::core::policy::{
     Action, Limits, Match, Mode, Origin, Policy, SqlPatterns, Victims,
 };
 use session_reaper::core::protected::{Protected, Protection, protection};
+use session_reaper::core::recheck::{Recheck, recheck};
 use session_reaper::core::session::{Session, Snapshot, Transaction};
 use session_reaper::schedule::Schedule;
 
@@ -43,6 +44,8 @@ const COMMANDS: &[&str] = &[
     "Connect",
     "Slave_SQL",
     "Busy",
+    "Killed",
+    "killed",
 ];
 
 /// Milliseconds, often exactly on a threshold another draw may pick.
@@ -434,6 +437,70 @@ fn a_row_the_server_could_not_read_is_never_a_victim() {
         protection(&busy, &[], &Protected::default()),
         Some(Protection::Unreadable)
     );
+}
+
+/// A session a kill has already reached (ours before a crash, another tool's, or
+/// one still rolling back its transaction) stays listed as `Killed` until its
+/// thread ends. It is not killed again, nor counted as spared, nor re-checked
+/// into a kill: its re-check finds it gone.
+#[test]
+fn a_session_a_kill_has_reached_is_never_killed_again() {
+    let killed = Session {
+        command: "Killed".into(),
+        state: Some("Rollback".into()),
+        time_ms: 5_000,
+        trx: Some(Transaction {
+            id: "421".into(),
+            age_ms: 60_000,
+        }),
+        ..idle_app_session()
+    };
+    let snap = snapshot_of(vec![killed.clone()], 0);
+    let policy = enforce(
+        "app",
+        Match {
+            user: globs(vec!["app"]),
+            ..Match::default()
+        },
+    );
+    let p = plan(&snap, &[&policy], &Protected::default(), now());
+    assert_eq!(p.decisions[0].verdict, Verdict::Spared);
+    let Why::Spared(spare) = &p.decisions[0].why else {
+        panic!("{:?}", p.decisions[0].why)
+    };
+    assert_eq!(*spare, Spare::Protected(Protection::BeingKilled));
+    assert_eq!(
+        spare.metric_reason(),
+        None,
+        "not one of spared_total's reasons"
+    );
+    assert_eq!(
+        Protection::BeingKilled.to_string(),
+        "it is already being killed (command `Killed`)"
+    );
+    assert!(p.runs[0].victims.is_empty());
+
+    // Planned in an earlier tick, before the kill reached it: the re-check
+    // right before the next kill finds it ending.
+    let planned = Session {
+        command: "Sleep".into(),
+        ..killed.clone()
+    };
+    for action in [Action::Kill, Action::KillQuery] {
+        assert_eq!(
+            recheck(
+                &planned,
+                Some(&killed),
+                action,
+                Some(&policy),
+                &Protected::default(),
+                &[],
+                true
+            ),
+            Recheck::Gone,
+            "{action:?}"
+        );
+    }
 }
 
 #[test]

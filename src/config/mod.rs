@@ -820,6 +820,19 @@ fn read_match(v: &Value<'_>) -> Option<Match> {
             map.doc()
                 .error_at(*pos, format!("unknown command `{c}`"), Some(hint));
             ok = false;
+        } else if let Some(p) = crate::core::protected::command_protection(c) {
+            let what = match p {
+                crate::core::protected::Protection::BeingKilled => {
+                    "a session a kill has already reached".to_owned()
+                }
+                other => other.to_string(),
+            };
+            map.doc().error_at(
+                *pos,
+                format!("command `{c}` never matches: session-reaper never kills {what}"),
+                Some(format!("remove `{c}` from match.command")),
+            );
+            ok = false;
         }
     }
     m.command = command

@@ -51,13 +51,20 @@ pub enum Protection {
     /// the command `Busy` and no database or statement, so neither a match nor a
     /// protection can be told from the row.
     Unreadable,
+    /// A kill has already reached it: the server lists a session whose
+    /// `KILL CONNECTION` it acknowledged with the command `Killed` until its
+    /// thread has ended, which takes a while on a loaded server. Killing it again
+    /// would be a second kill of one session, and another audit record of it.
+    BeingKilled,
 }
 
 impl Protection {
     /// The `reason` label of `spared_total`.
     pub fn metric_reason(&self) -> Option<&'static str> {
         Some(match self {
-            Protection::DuplicateId | Protection::Unreadable => return None,
+            Protection::DuplicateId | Protection::Unreadable | Protection::BeingKilled => {
+                return None;
+            }
             Protection::OwnConnection => "own_connection",
             Protection::UnreadableUser => "unreadable_user",
             Protection::Thread(_) => "protected_thread",
@@ -75,6 +82,7 @@ impl fmt::Display for Protection {
             Protection::ProviderAccount(a) => write!(f, "`{a}` is on the protected account list"),
             Protection::DuplicateId => f.write_str("its id appears twice in the snapshot"),
             Protection::Unreadable => f.write_str("the server could not read it (command `Busy`)"),
+            Protection::BeingKilled => f.write_str("it is already being killed (command `Killed`)"),
         }
     }
 }
@@ -116,11 +124,15 @@ pub fn protection(session: &Session, own_ids: &[u64], protected: &Protected) -> 
 // The parts of `protection`, in its order, each a function of one field so that
 // `plan` can work them out once per distinct value.
 
-/// A server or replication thread, by its command, or a row the server could not
-/// read (`UNREADABLE_COMMAND`).
+/// A server or replication thread, by its command, a row the server could not
+/// read (`UNREADABLE_COMMAND`) or a session a kill has already reached
+/// (`KILLED_COMMAND`).
 pub fn command_protection(command: &str) -> Option<Protection> {
     if command == UNREADABLE_COMMAND {
         return Some(Protection::Unreadable);
+    }
+    if command.eq_ignore_ascii_case(KILLED_COMMAND) {
+        return Some(Protection::BeingKilled);
     }
     PROTECTED_COMMANDS
         .iter()
@@ -131,6 +143,10 @@ pub fn command_protection(command: &str) -> Option<Protection> {
 /// The command MariaDB lists for a session it could not read (no command of a
 /// session is called so).
 pub const UNREADABLE_COMMAND: &str = "Busy";
+
+/// The command MySQL and MariaDB list for a session whose connection a `KILL`
+/// has reached, until its thread has ended.
+pub const KILLED_COMMAND: &str = "Killed";
 
 /// An unreadable user, or a server thread's user.
 pub fn user_protection(user: Option<&str>) -> Option<Protection> {

@@ -10,7 +10,8 @@ use crate::fingerprint::Fingerprinter;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Recheck {
     Proceed,
-    /// The session ended.
+    /// The session ended, or a kill that is not this one has already reached it
+    /// (the server lists it as `Killed` until it has ended).
     Gone,
     /// Another user, client or statement, or it no longer matches: not killed.
     Changed(String),
@@ -51,8 +52,12 @@ pub fn recheck(
         ));
     }
     if let Some(p) = protection(fresh, own_ids, protected) {
-        if p == Protection::Unreadable {
-            return Recheck::Unreadable(format!("not read: {p}"));
+        match p {
+            Protection::Unreadable => return Recheck::Unreadable(format!("not read: {p}")),
+            // Another kill (ours before a crash, or another tool's) has reached
+            // it: it is ending without ours.
+            Protection::BeingKilled => return Recheck::Gone,
+            _ => {}
         }
         return Recheck::Changed(format!("now protected: {p}"));
     }
