@@ -20,7 +20,7 @@ use yaml::{Doc, Map, Node, Pos, Value};
 
 use crate::core::glob::Glob;
 use crate::core::policy::{Action, Limits, Match, Mode, Origin, Policy, SqlPatterns, Victims};
-use crate::core::protected::Protected;
+use crate::core::protected::{Protected, Protection, command_protection};
 use crate::fingerprint::fingerprint;
 use crate::providers::{self, Factory};
 use crate::schedule::{Schedule, Zone};
@@ -820,11 +820,9 @@ fn read_match(v: &Value<'_>) -> Option<Match> {
             map.doc()
                 .error_at(*pos, format!("unknown command `{c}`"), Some(hint));
             ok = false;
-        } else if let Some(p) = crate::core::protected::command_protection(c) {
+        } else if let Some(p) = command_protection(c) {
             let what = match p {
-                crate::core::protected::Protection::BeingKilled => {
-                    "a session a kill has already reached".to_owned()
-                }
+                Protection::BeingKilled => "a session a kill has already reached".to_owned(),
                 other => other.to_string(),
             };
             map.doc().error_at(

@@ -51,10 +51,11 @@ pub enum Protection {
     /// the command `Busy` and no database or statement, so neither a match nor a
     /// protection can be told from the row.
     Unreadable,
-    /// A kill has already reached it: the server lists a session whose
+    /// A kill has already reached it: MariaDB lists a session whose
     /// `KILL CONNECTION` it acknowledged with the command `Killed` until its
-    /// thread has ended, which takes a while on a loaded server. Killing it again
-    /// would be a second kill of one session, and another audit record of it.
+    /// thread has ended, which takes seconds while its transaction rolls back,
+    /// and more than a tick on a loaded server. Killing it again would be a
+    /// second kill of one session, and a second audit record of it.
     BeingKilled,
 }
 
@@ -144,8 +145,9 @@ pub fn command_protection(command: &str) -> Option<Protection> {
 /// session is called so).
 pub const UNREADABLE_COMMAND: &str = "Busy";
 
-/// The command MySQL and MariaDB list for a session whose connection a `KILL`
-/// has reached, until its thread has ended.
+/// The command MariaDB lists for a session whose connection a `KILL` has
+/// reached, until its thread has ended. (MySQL leaves such a session out of
+/// `information_schema`, and `performance_schema` lists it as it was.)
 pub const KILLED_COMMAND: &str = "Killed";
 
 /// An unreadable user, or a server thread's user.
