@@ -25,7 +25,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Opts, OptsBuilder, Row, Value};
-use rustc_hash::FxHashMap;
+use rustc_hash::{FxHashMap, FxHashSet};
 use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::Semaphore;
 
@@ -36,6 +36,7 @@ use super::{
 use crate::config::secret;
 use crate::config::yaml::Map;
 use crate::core::policy::Action;
+use crate::core::protected::KILLED_COMMAND;
 use crate::core::session::{ServerInfo, Session, Snapshot, Text, Transaction};
 use crate::metrics::Metrics;
 
@@ -163,6 +164,7 @@ impl Factory for MysqlFactory {
             warmed: AtomicBool::new(false),
             kill_pace_ns: AtomicU64::new(0),
             snapshot_server: Mutex::new(None),
+            ending: Mutex::new(FxHashMap::default()),
             metrics,
         })
     }
@@ -236,7 +238,76 @@ pub struct MysqlProvider {
     /// connection opened since, which finds another start time, is reading a
     /// restarted server, whose connection ids start again.
     snapshot_server: Mutex<Option<(DateTime<Utc>, Instant)>>,
+    /// Sessions that our `KILL CONNECTION` reached on a server read through
+    /// `performance_schema.processlist`, by id (see `mark_ending`).
+    ending: Mutex<FxHashMap<u64, Ending>>,
     metrics: Arc<Metrics>,
+}
+
+/// Whether two connections saw one server start (not a restart between them).
+fn same_start(a: Option<DateTime<Utc>>, b: Option<DateTime<Utc>>) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => (a - b).abs() <= RESTART_TOLERANCE,
+        (None, None) => true,
+        _ => false,
+    }
+}
+
+/// A session that a kill of ours reached, as the server listed it then.
+#[derive(Debug, Clone, PartialEq)]
+struct Ending {
+    user: Option<Text>,
+    host: Option<Text>,
+    port: Option<u16>,
+    /// When its server started: after a restart the ids start again.
+    started_at: Option<DateTime<Utc>>,
+}
+
+impl Ending {
+    fn of(session: &Session, started_at: Option<DateTime<Utc>>) -> Ending {
+        Ending {
+            user: session.user.clone(),
+            host: session.host.clone(),
+            port: session.port,
+            started_at,
+        }
+    }
+
+    fn is(&self, session: &Session) -> bool {
+        self.user == session.user && self.host == session.host && self.port == session.port
+    }
+}
+
+/// MySQL's `performance_schema.processlist` keeps listing a session whose
+/// `KILL CONNECTION` it accepted as it was (`Sleep`) until its thread has ended,
+/// which takes seconds while its transaction rolls back, and answers another
+/// `KILL` of it with "Unknown thread id". MariaDB lists such a session as
+/// `Killed`, and MySQL's `information_schema` leaves it out. So that it is spared
+/// (`Protection::BeingKilled`) instead of planned, sent a `KILL` and counted
+/// against the policy's limits again on every tick, the sessions that our kills
+/// reached (`ending`) are listed as `Killed` here, as long as the same id, user
+/// and client of the same server start are listed. A read of the whole process
+/// list (`whole`) forgets those it no longer lists.
+fn mark_ending(
+    sessions: &mut [Session],
+    ending: &mut FxHashMap<u64, Ending>,
+    started_at: Option<DateTime<Utc>>,
+    whole: bool,
+) {
+    if ending.is_empty() {
+        return;
+    }
+    ending.retain(|_, e| same_start(e.started_at, started_at));
+    let mut listed = FxHashSet::default();
+    for s in sessions.iter_mut() {
+        if ending.get(&s.id).is_some_and(|e| e.is(s)) {
+            s.command = Text::from(KILLED_COMMAND);
+            listed.insert(s.id);
+        }
+    }
+    if whole {
+        ending.retain(|id, _| listed.contains(id));
+    }
 }
 
 /// A checked-out connection; goes back to the pool when dropped unless discarded.
@@ -501,8 +572,18 @@ impl MysqlProvider {
                 reads.insert(key.clone(), Instant::now());
             }
             match result {
-                Ok(Ok(sessions)) => {
+                Ok(Ok(mut sessions)) => {
                     self.metrics.provider_request("mysql", operation, "ok");
+                    if flavour == Flavour::MySqlPerfSchema
+                        && let Ok(mut ending) = self.ending.lock()
+                    {
+                        mark_ending(
+                            &mut sessions,
+                            &mut ending,
+                            server.started_at,
+                            only_ids.is_none(),
+                        );
+                    }
                     return Ok((sessions, server, lease));
                 }
                 Ok(Err(e)) => {
@@ -642,8 +723,9 @@ impl MysqlProvider {
                 self.send_kills(&mut conn.conn, text, packet.len())
             }))
             .await;
-        for ((lease, packet), answers) in leases.into_iter().zip(packets).zip(answers) {
+        for ((mut lease, packet), answers) in leases.into_iter().zip(packets).zip(answers) {
             let mut lost = false;
+            let (flavour, started_at) = (lease.conn().flavour, lease.conn().started_at);
             for (k, (i, req)) in packet.into_iter().enumerate() {
                 let (result, at) = match answers.get(k) {
                     Some((Answer::Done, at)) => {
@@ -680,6 +762,14 @@ impl MysqlProvider {
                         continue;
                     }
                 };
+                // The re-check listed it just now: either answer means it is ending.
+                if flavour == Flavour::MySqlPerfSchema
+                    && req.action == Action::Kill
+                    && matches!(result, KillResult::Killed | KillResult::Gone)
+                    && let Ok(mut ending) = self.ending.lock()
+                {
+                    ending.insert(req.session.id, Ending::of(req.session, started_at));
+                }
                 outcomes[i] = Some(KillOutcome {
                     result,
                     rechecked_at: Some(rechecked_at),
@@ -1340,6 +1430,49 @@ fn describe(e: &mysql_async::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A session our kill reached is listed as `Killed` while the same session
+    /// is listed; a read of the whole list forgets those it does not list, a
+    /// read of some ids does not, and a restarted server forgets them all.
+    #[test]
+    fn sessions_our_kill_reached_are_listed_as_killed_until_they_end() {
+        let started = Utc::now();
+        let app = |id: u64, port: u16| Session {
+            id,
+            user: Some("app".into()),
+            host: Some("10.0.0.7".into()),
+            port: Some(port),
+            command: "Sleep".into(),
+            ..Session::default()
+        };
+        let commands = |sessions: &[Session]| -> Vec<String> {
+            sessions.iter().map(|s| s.command.to_string()).collect()
+        };
+        let mut ending = FxHashMap::default();
+        for (id, port) in [(7, 5001), (8, 5002), (9, 5003)] {
+            ending.insert(id, Ending::of(&app(id, port), Some(started)));
+        }
+
+        // 7 is listed as it was; 8's id now has another client; 9 is not listed.
+        let mut some = vec![app(7, 5001), app(8, 6000)];
+        mark_ending(&mut some, &mut ending, Some(started), false);
+        assert_eq!(commands(&some), ["Killed", "Sleep"]);
+        assert_eq!(ending.len(), 3, "a read of some ids forgets nothing");
+
+        // Another connection sees the same start a second apart.
+        let later = started + chrono::TimeDelta::seconds(1);
+        let mut whole = vec![app(7, 5001), app(8, 6000), app(10, 5004)];
+        mark_ending(&mut whole, &mut ending, Some(later), true);
+        assert_eq!(commands(&whole), ["Killed", "Sleep", "Sleep"]);
+        assert_eq!(ending.keys().copied().collect::<Vec<_>>(), [7]);
+
+        // A restarted server's id 7 is another session.
+        let restarted = started + chrono::TimeDelta::seconds(60);
+        let mut again = vec![app(7, 5001)];
+        mark_ending(&mut again, &mut ending, Some(restarted), true);
+        assert_eq!(commands(&again), ["Sleep"]);
+        assert!(ending.is_empty());
+    }
 
     /// A refused kill says what the account lacks; a session gone is not an
     /// error; anything else is a failure with the server's words.
