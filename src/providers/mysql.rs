@@ -254,7 +254,7 @@ fn same_start(a: Option<DateTime<Utc>>, b: Option<DateTime<Utc>>) -> bool {
 }
 
 /// A session that a kill of ours reached, as the server listed it then.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug)]
 struct Ending {
     user: Option<Text>,
     host: Option<Text>,
