@@ -650,7 +650,7 @@ impl MysqlProvider {
         let snapshot = self.snapshot_server.lock().ok().and_then(|s| *s);
         if let (Some((then, read_at)), Some(now)) = (snapshot, server.started_at)
             && first.conn().opened_at > read_at
-            && (now - then).abs() > RESTART_TOLERANCE
+            && !same_start(Some(then), Some(now))
         {
             let changed = KillOutcome {
                 result: KillResult::Changed(
