@@ -393,6 +393,17 @@ fn enforce(name: &str, matcher: Match) -> Policy {
     }
 }
 
+/// An enforce policy on `user`'s sessions alone, named after it.
+fn enforce_on_user(user: &str) -> Policy {
+    enforce(
+        user,
+        Match {
+            user: globs(vec![user]),
+            ..Match::default()
+        },
+    )
+}
+
 #[test]
 fn an_id_listed_twice_is_never_a_victim() {
     let s = idle_app_session();
@@ -420,13 +431,7 @@ fn a_row_the_server_could_not_read_is_never_a_victim() {
         ..idle_app_session()
     };
     let snap = snapshot_of(vec![busy.clone()], 0);
-    let policy = enforce(
-        "repl",
-        Match {
-            user: globs(vec!["repl"]),
-            ..Match::default()
-        },
-    );
+    let policy = enforce_on_user("repl");
     let p = plan(&snap, &[&policy], &Protected::default(), now());
     assert_eq!(p.decisions[0].verdict, Verdict::Spared);
     assert_eq!(
@@ -456,13 +461,7 @@ fn a_session_a_kill_has_reached_is_never_killed_again() {
         ..idle_app_session()
     };
     let snap = snapshot_of(vec![killed.clone()], 0);
-    let policy = enforce(
-        "app",
-        Match {
-            user: globs(vec!["app"]),
-            ..Match::default()
-        },
-    );
+    let policy = enforce_on_user("app");
     let p = plan(&snap, &[&policy], &Protected::default(), now());
     assert_eq!(p.decisions[0].verdict, Verdict::Spared);
     let Why::Spared(spare) = &p.decisions[0].why else {
