@@ -25,7 +25,7 @@ use crate::core::breaker::{Breaker, Transition};
 use crate::core::plan::{self, RunOutcome, Verdict, Why};
 use crate::core::policy::Policy;
 use crate::core::session::Snapshot;
-use crate::executor::{Executor, Reported, Seen, Tick};
+use crate::executor::{Executor, Memory, Seen, Tick};
 use crate::metrics::Metrics;
 use crate::providers::{Provider, Want};
 use crate::schedule::Schedule;
@@ -622,7 +622,7 @@ impl Generation {
                 executor: executor.clone(),
                 leases: leases.as_ref().map(|(_, l)| l.clone()),
                 pending: pending.remove(&target.name).unwrap_or_default(),
-                reported: Reported::new(),
+                memory: Memory::new(),
                 spared: Seen::new(),
                 last_logged_error: None,
                 last_blocked: None,
@@ -679,7 +679,8 @@ struct Runner {
     leases: Option<Arc<Leases>>,
     /// Intents of this target a crash left open, reconciled on the first snapshot.
     pending: Vec<Record>,
-    reported: Reported,
+    /// What the executor remembers of this target between ticks.
+    memory: Memory,
     spared: Seen<(u64, &'static str)>,
     last_logged_error: Option<String>,
     last_blocked: Option<String>,
@@ -987,7 +988,7 @@ impl Runner {
             protected: &protected,
             may_kill: &may_kill,
         };
-        let report = self.executor.execute(&tick, &mut self.reported).await;
+        let report = self.executor.execute(&tick, &mut self.memory).await;
         self.shared.with_state(|s| match &report.audit_error {
             Some(e) => {
                 s.audit.writable = false;

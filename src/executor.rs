@@ -6,6 +6,7 @@ use std::collections::{HashMap, HashSet};
 use std::hash::Hash;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use rustc_hash::FxHashMap;
@@ -16,7 +17,7 @@ use crate::core::plan::{Plan, Verdict};
 use crate::core::policy::Policy;
 use crate::core::protected::Protected;
 use crate::core::recheck::recheck;
-use crate::core::session::{Session, Snapshot};
+use crate::core::session::{Session, Snapshot, Text};
 use crate::fingerprint::Fingerprinter;
 use crate::metrics::Metrics;
 use crate::providers::{KillOutcome, KillRequest, KillResult, Needs, Provider, gate};
@@ -46,6 +47,9 @@ pub struct Report {
     pub audit_error: Option<String>,
     /// Every kill's session id and result.
     pub outcomes: Vec<(u64, KillResult)>,
+    /// Kills not sent: the provider refused each of these sessions before, and
+    /// its wait to be tried again is not over (`Refusals`).
+    pub held_back: usize,
 }
 
 /// What was already reported on a target, per policy name, so that a session is
@@ -85,6 +89,138 @@ impl<K: Eq + Hash> Seen<K> {
 
 /// Would-kills already audited: session id and statement (query id).
 pub type Reported = Seen<(u64, Option<u64>)>;
+
+/// What the executor remembers of one target between its ticks. A reload starts
+/// afresh.
+#[derive(Debug, Default)]
+pub struct Memory {
+    /// Would-kills already audited.
+    pub reported: Reported,
+    /// Sessions whose kill the provider refused, and when each is tried again.
+    pub refusals: Refusals,
+}
+
+impl Memory {
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+/// The wait before a refused session is tried again, after its first refusal;
+/// each further refusal doubles it, up to `REFUSED_RETRY_MAX`.
+pub const REFUSED_RETRY_FIRST: Duration = Duration::from_secs(1);
+pub const REFUSED_RETRY_MAX: Duration = Duration::from_secs(300);
+
+/// Sessions whose kill the provider refused: a grant the service's account lacks
+/// (MySQL 1095 and 1227: `CONNECTION ADMIN`, or `SYSTEM_USER` for such an
+/// account's sessions), an account the cloud service will not let it kill. That
+/// holds for as long as the session lives, so such a session is not sent a kill
+/// on every tick (each one an intent, an fsync, a `KILL`, an outcome and a
+/// warning: at `every 250ms`, 345,600 of each a day per session): it is
+/// tried again after 1 s, then after 2, 4, 8 s... up to 5 minutes, while it lives.
+/// A session is the same one while its node, id, user, host and port are.
+#[derive(Debug, Default)]
+pub struct Refusals {
+    by_id: FxHashMap<u64, Vec<Refused>>,
+}
+
+#[derive(Debug)]
+struct Refused {
+    node: Option<Text>,
+    user: Option<Text>,
+    host: Option<Text>,
+    port: Option<u16>,
+    /// Refusals in a row.
+    times: u32,
+    /// Not sent a kill before this.
+    retry_at: Instant,
+    /// Listed in the last whole snapshot.
+    listed: bool,
+}
+
+impl Refused {
+    fn is(&self, s: &Session) -> bool {
+        self.node == s.node && self.user == s.user && self.host == s.host && self.port == s.port
+    }
+}
+
+impl Refusals {
+    /// Sessions waiting to be tried again.
+    pub fn len(&self) -> usize {
+        self.by_id.values().map(Vec::len).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_id.is_empty()
+    }
+
+    /// How long until `s` may be sent a kill again, if it must wait.
+    pub fn wait(&self, s: &Session, now: Instant) -> Option<Duration> {
+        let r = self.by_id.get(&s.id)?.iter().find(|r| r.is(s))?;
+        let left = r.retry_at.saturating_duration_since(now);
+        (!left.is_zero()).then_some(left)
+    }
+
+    /// Records that the provider refused to kill `s`; returns the wait before
+    /// it is tried again.
+    pub fn refused(&mut self, s: &Session, now: Instant) -> Duration {
+        let entries = self.by_id.entry(s.id).or_default();
+        let at = match entries.iter().position(|r| r.is(s)) {
+            Some(at) => at,
+            None => {
+                entries.push(Refused {
+                    node: s.node.clone(),
+                    user: s.user.clone(),
+                    host: s.host.clone(),
+                    port: s.port,
+                    times: 0,
+                    retry_at: now,
+                    listed: true,
+                });
+                entries.len() - 1
+            }
+        };
+        let r = &mut entries[at];
+        r.times = r.times.saturating_add(1);
+        let wait = REFUSED_RETRY_FIRST
+            .saturating_mul(1 << (r.times - 1).min(16))
+            .min(REFUSED_RETRY_MAX);
+        r.retry_at = now + wait;
+        wait
+    }
+
+    /// Forgets `s` (it was killed, or it ended).
+    pub fn forget(&mut self, s: &Session) {
+        if let Some(entries) = self.by_id.get_mut(&s.id) {
+            entries.retain(|r| !r.is(s));
+            if entries.is_empty() {
+                self.by_id.remove(&s.id);
+            }
+        }
+    }
+
+    /// Forgets the sessions a whole snapshot no longer lists: they ended (an
+    /// incomplete snapshot says nothing of the ones it leaves out).
+    pub fn forget_unlisted(&mut self, snapshot: &Snapshot) {
+        if self.by_id.is_empty() || snapshot.partial.is_some() {
+            return;
+        }
+        for r in self.by_id.values_mut().flatten() {
+            r.listed = false;
+        }
+        for s in snapshot.sessions.iter() {
+            if let Some(entries) = self.by_id.get_mut(&s.id) {
+                for r in entries.iter_mut().filter(|r| r.is(s)) {
+                    r.listed = true;
+                }
+            }
+        }
+        self.by_id.retain(|_, entries| {
+            entries.retain(|r| r.listed);
+            !entries.is_empty()
+        });
+    }
+}
 
 pub struct Executor {
     audit: Arc<Audit>,
@@ -150,8 +286,9 @@ impl Executor {
     }
 
     /// Audits new would-kills and carries out the kills of `tick.plan`.
-    /// `reported` remembers the would-kills already audited on this target.
-    pub async fn execute(&self, tick: &Tick<'_>, reported: &mut Reported) -> Report {
+    /// `memory` is this target's: the would-kills already audited, the sessions
+    /// whose kill was refused.
+    pub async fn execute(&self, tick: &Tick<'_>, memory: &mut Memory) -> Report {
         let plan = tick.plan;
         let snapshot = tick.snapshot;
         let mut report = Report {
@@ -175,7 +312,7 @@ impl Executor {
                     let policy = tick.policies[pi];
                     let key = (s.id, s.query_id);
                     current[pi].insert(key);
-                    if reported.contains(&policy.name, &key) {
+                    if memory.reported.contains(&policy.name, &key) {
                         continue;
                     }
                     let reason = plan.reason(i, snapshot, tick.policies);
@@ -213,17 +350,27 @@ impl Executor {
                 }
                 let s = &snapshot.sessions[si];
                 let key = (s.id, s.query_id);
-                if reported.contains(&policy.name, &key) {
+                if memory.reported.contains(&policy.name, &key) {
                     current[run.policy].insert(key);
                 }
             }
         }
         for (policy, seen) in tick.policies.iter().zip(current) {
-            reported.replace(&policy.name, seen);
+            memory.reported.replace(&policy.name, seen);
         }
         if let Err(e) = self.append(would, false).await {
             error!("{e}");
             report.audit_error = Some(e);
+        }
+        // A session the provider refused to kill waits before it is tried again.
+        memory.refusals.forget_unlisted(snapshot);
+        if !memory.refusals.is_empty() {
+            let now = Instant::now();
+            kills.retain(|&(i, _)| {
+                let wait = memory.refusals.wait(&snapshot.sessions[i], now);
+                report.held_back += usize::from(wait.is_some());
+                wait.is_none()
+            });
         }
         if kills.is_empty() {
             return report;
@@ -331,7 +478,26 @@ impl Executor {
             let log = records.len() < LOGGED_KILLS_PER_RUN
                 || !matches!(outcome.result, KillResult::Killed | KillResult::Gone);
             quiet += usize::from(!log);
-            self.observe(tick, &mut run_metrics, pi, req, outcome, done, log);
+            let retry_in = match outcome.result {
+                KillResult::Refused(_) => {
+                    Some(memory.refusals.refused(req.session, Instant::now()))
+                }
+                KillResult::Killed | KillResult::Gone => {
+                    memory.refusals.forget(req.session);
+                    None
+                }
+                _ => None,
+            };
+            self.observe(
+                tick,
+                &mut run_metrics,
+                pi,
+                req,
+                outcome,
+                done,
+                log,
+                retry_in,
+            );
             if matches!(outcome.result, KillResult::Killed) {
                 report.killed += 1;
                 report.killed_by[pi] += 1;
@@ -371,6 +537,7 @@ impl Executor {
         outcome: &KillOutcome,
         done: chrono::DateTime<Utc>,
         log: bool,
+        retry_in: Option<Duration>,
     ) {
         let s = &req.session;
         let policy = tick.policies[pi];
@@ -405,6 +572,14 @@ impl Executor {
             KillResult::Changed(why) => {
                 info!("session {} on {} not killed: {why}", s.id, tick.target)
             }
+            KillResult::Refused(why) => warn!(
+                "kill of session {} on {} by {}: refused: {why}; tried again in {} (the wait doubles with each refusal, up to {}; a reload tries at once)",
+                s.id,
+                tick.target,
+                policy.name,
+                crate::core::policy::format_duration(retry_in.unwrap_or_default()),
+                crate::core::policy::format_duration(REFUSED_RETRY_MAX),
+            ),
             other => warn!(
                 "kill of session {} on {} by {}: {}: {}",
                 s.id,
@@ -577,4 +752,114 @@ pub fn describe(s: &Session) -> String {
         crate::core::policy::format_ms(s.time_ms)
     ));
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn session(id: u64, user: &str, port: u16) -> Session {
+        Session {
+            id,
+            user: Some(user.into()),
+            host: Some("10.0.0.7".into()),
+            port: Some(port),
+            command: "Sleep".into(),
+            ..Session::default()
+        }
+    }
+
+    fn snapshot(sessions: Vec<Session>) -> Snapshot {
+        Snapshot {
+            format: Snapshot::FORMAT.to_owned(),
+            target: "db".to_owned(),
+            provider: "mysql".to_owned(),
+            taken_at: Utc::now(),
+            server: Default::default(),
+            own_connection_ids: Vec::new(),
+            transactions: false,
+            partial: None,
+            sessions: Arc::new(sessions),
+        }
+    }
+
+    /// A refused session waits 1 s, then 2, 4 ... up to 5 minutes between
+    /// attempts; the wait is over exactly when it says.
+    #[test]
+    fn a_refused_session_waits_longer_after_each_refusal_up_to_five_minutes() {
+        let mut r = Refusals::default();
+        let s = session(7, "dba", 40001);
+        let t0 = Instant::now();
+        assert_eq!(r.wait(&s, t0), None, "never refused: no wait");
+        let mut now = t0;
+        let mut waits = Vec::new();
+        for _ in 0..12 {
+            let wait = r.refused(&s, now);
+            assert_eq!(r.wait(&s, now), Some(wait));
+            assert_eq!(
+                r.wait(&s, now + wait - Duration::from_millis(1)),
+                Some(Duration::from_millis(1))
+            );
+            now += wait;
+            assert_eq!(r.wait(&s, now), None, "tried again once the wait is over");
+            waits.push(wait.as_secs());
+        }
+        assert_eq!(waits, [1, 2, 4, 8, 16, 32, 64, 128, 256, 300, 300, 300]);
+        assert_eq!(r.len(), 1);
+    }
+
+    /// The wait belongs to one session: another with the same id (a reused id,
+    /// another user or client port) or another id is sent its kill at once.
+    #[test]
+    fn a_refusal_holds_back_only_the_session_refused() {
+        let mut r = Refusals::default();
+        let refused = session(7, "dba", 40001);
+        let now = Instant::now();
+        r.refused(&refused, now);
+        assert!(r.wait(&refused, now).is_some());
+        for other in [
+            session(7, "app", 40001),
+            session(7, "dba", 40002),
+            session(8, "dba", 40001),
+            Session {
+                node: Some("node-2".into()),
+                ..refused.clone()
+            },
+        ] {
+            assert_eq!(r.wait(&other, now), None, "{other:?}");
+        }
+        // Two sessions with one id on two nodes wait each on its own.
+        let on_node = Session {
+            node: Some("node-2".into()),
+            ..refused.clone()
+        };
+        r.refused(&on_node, now);
+        assert_eq!(r.len(), 2);
+        r.forget(&refused);
+        assert_eq!(r.wait(&refused, now), None, "killed or gone: forgotten");
+        assert!(r.wait(&on_node, now).is_some());
+    }
+
+    /// A whole snapshot that no longer lists a refused session forgets it (it
+    /// ended; a new session with its id is not held back); an incomplete one
+    /// forgets nothing.
+    #[test]
+    fn a_refused_session_is_forgotten_once_a_whole_snapshot_leaves_it_out() {
+        let mut r = Refusals::default();
+        let (a, b) = (session(7, "dba", 40001), session(9, "dba", 40003));
+        let now = Instant::now();
+        r.refused(&a, now);
+        r.refused(&b, now);
+        let mut partial = snapshot(vec![a.clone()]);
+        partial.partial = Some("page 2 failed".to_owned());
+        r.forget_unlisted(&partial);
+        assert_eq!(r.len(), 2, "an incomplete snapshot forgets nothing");
+        // `b`'s id now belongs to another client's session.
+        r.forget_unlisted(&snapshot(vec![a.clone(), session(9, "dba", 40999)]));
+        assert_eq!(r.len(), 1);
+        assert!(r.wait(&a, now).is_some(), "still listed: still waiting");
+        assert_eq!(r.wait(&b, now), None);
+        r.forget_unlisted(&snapshot(Vec::new()));
+        assert!(r.is_empty());
+    }
 }

@@ -9,7 +9,7 @@ use session_reaper::audit::{Audit, Event, Rotation};
 use session_reaper::config;
 use session_reaper::core::plan::plan;
 use session_reaper::daemon;
-use session_reaper::executor::{Executor, Reported, Tick};
+use session_reaper::executor::{Executor, Memory, Tick};
 use session_reaper::metrics::Metrics;
 use session_reaper::providers::Want;
 use support::{Setup, http_get, metric};
@@ -109,7 +109,7 @@ async fn a_would_kill_claimed_by_another_policy_for_a_tick_is_not_reported_again
     let (apps, trx) = (policy("apps"), policy("trx"));
     let audit = Arc::new(Audit::new(&setup.audit_path(), Rotation::default()));
     let executor = Executor::new(audit, Arc::new(Metrics::new()));
-    let mut reported = Reported::new();
+    let mut memory = Memory::new();
     let mut new_would_kills = Vec::new();
     for policies in [vec![trx], vec![apps, trx], vec![trx], vec![apps, trx]] {
         let p = plan(&snapshot, &policies, &protected, chrono::Utc::now());
@@ -122,7 +122,7 @@ async fn a_would_kill_claimed_by_another_policy_for_a_tick_is_not_reported_again
             protected: &protected,
             may_kill: &|| true,
         };
-        let report = executor.execute(&tick, &mut reported).await;
+        let report = executor.execute(&tick, &mut memory).await;
         new_would_kills.push(report.would_kill_by);
     }
     // The replay's open transactions: three of `app`, all idle, and one of the

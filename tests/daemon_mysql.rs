@@ -446,3 +446,114 @@ async fn limits_hold_the_breaker_opens_and_nothing_is_killed() {
     daemon.shutdown().await;
     assert!(setup.audit().is_empty(), "no intent was written");
 }
+
+/// A session the grants do not let the daemon kill (here: an account without
+/// `CONNECTION ADMIN`) is not sent a kill on every tick: 1 s after its first
+/// refusal, then 2 s after that, so that at `every 100ms` it has 3 refused
+/// attempts in 3.5 s, not 35. Once the operator grants the privilege and
+/// reloads, it is killed at once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refused_kill_is_tried_again_after_a_growing_wait_and_at_once_after_a_reload() {
+    let db = MariaDb::shared();
+    let setup = Setup::new();
+    let reaper = db.create_user("ref_reaper", Some("PROCESS ON *.*")).await;
+    let app = db.create_user("ref_app", None).await;
+    let _a = db.open_idle(&app, 2).await;
+    let ids = db.ids_of(&app.name).await;
+    assert_eq!(ids.len(), 2);
+    setup.config(&format!(
+        "targets:\n{}",
+        setup.mysql_target("db", db, &reaper)
+    ));
+    setup.policy(
+        "idle.yaml",
+        &format!(
+            "name: idle\nschedule: every 100ms\nmode: enforce\nmatch:\n  user: {}\n  command: Sleep\n",
+            app.name
+        ),
+    );
+    let daemon = start(&setup).await;
+    let refused = |records: &[session_reaper::audit::Record], id: u64| {
+        records
+            .iter()
+            .filter(|r| {
+                r.session_id == id
+                    && r.event == Event::Outcome
+                    && r.result.as_deref() == Some("refused")
+            })
+            .count()
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), || async {
+            let audit = setup.audit();
+            ids.iter().all(|&id| refused(&audit, id) >= 1)
+        })
+        .await,
+        "each session's first kill is refused"
+    );
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    let audit = setup.audit();
+    for &id in &ids {
+        let n = refused(&audit, id);
+        // Attempts at 0, 1 and 3 s (the next at 7 s): one a tick would be 35. A
+        // machine slow enough may see the third late or a fourth at the edge.
+        assert!(
+            (2..=4).contains(&n),
+            "session {id}: {n} refused attempts in 3.5 s"
+        );
+        let intents = audit
+            .iter()
+            .filter(|r| r.session_id == id && r.event == Event::Intent)
+            .count();
+        assert_eq!(intents, n, "every attempt, and only those, has its intent");
+    }
+    let error = audit
+        .iter()
+        .find(|r| r.result.as_deref() == Some("refused"))
+        .and_then(|r| r.error.clone())
+        .unwrap_or_default();
+    assert!(error.contains("CONNECTION ADMIN"), "{error}");
+    let (_, page) = http_get(daemon.addr, "/metrics").await;
+    let attempts = metric(
+        &page,
+        "session_reaper_kills_total{action=\"kill\",policy=\"idle\",result=\"refused\",target=\"db\"}",
+    )
+    .unwrap_or(0.0);
+    assert!((4.0..=8.0).contains(&attempts), "{attempts}: {page}");
+    assert_eq!(db.ids_of(&app.name).await, ids, "both sessions live");
+
+    // Granted (a connection keeps the global privileges it opened with: the
+    // reload's new connections have it) and reloaded: killed at once.
+    db.admin()
+        .await
+        .query_drop(format!(
+            "GRANT CONNECTION ADMIN ON *.* TO '{}'@'%'",
+            reaper.name
+        ))
+        .await
+        .unwrap();
+    let reloaded = Instant::now();
+    daemon.reload().await;
+    assert!(
+        wait_until(Duration::from_secs(10), || async {
+            db.ids_of(&app.name).await.is_empty()
+        })
+        .await,
+        "killed after the grant and the reload"
+    );
+    let took = reloaded.elapsed();
+    assert!(
+        took < Duration::from_secs(3),
+        "killed {took:?} after the reload: a reload tries refused sessions again at once"
+    );
+    daemon.shutdown().await;
+    let audit = setup.audit();
+    for &id in &ids {
+        assert!(
+            audit.iter().any(|r| r.session_id == id
+                && r.event == Event::Outcome
+                && r.result.as_deref() == Some("killed")),
+            "session {id} killed"
+        );
+    }
+}

@@ -10,7 +10,7 @@ use session_reaper::audit::{Audit, Event, Record, Rotation};
 use session_reaper::config;
 use session_reaper::core::plan::plan;
 use session_reaper::daemon;
-use session_reaper::executor::{Executor, Reported, Tick};
+use session_reaper::executor::{Executor, Memory, Tick};
 use session_reaper::metrics::Metrics;
 use session_reaper::providers::Want;
 use support::{MariaDb, Setup, http_get, metric, wait_until};
@@ -101,7 +101,7 @@ async fn compare_and_kill_skips_a_reused_id_and_a_finished_statement() {
             protected: &protected,
             may_kill: &|| true,
         };
-        let report = executor.execute(&tick, &mut Reported::new()).await;
+        let report = executor.execute(&tick, &mut Memory::new()).await;
         assert_eq!(report.killed, 0, "{report:?}");
     }
     assert_eq!(

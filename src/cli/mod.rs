@@ -16,7 +16,7 @@ use crate::core::plan::plan;
 use crate::core::policy::{Action, Policy};
 use crate::core::session::Snapshot;
 use crate::daemon::{self, Control};
-use crate::executor::{Executor, Reported, Tick};
+use crate::executor::{Executor, Memory, Tick};
 use crate::fingerprint::Fingerprinter;
 use crate::metrics::Metrics;
 use crate::providers::{Provider, Want, file};
@@ -524,8 +524,7 @@ async fn kill(path: &Path, name: &str, query: bool, ids: &[u64]) -> anyhow::Resu
         protected: &protected,
         may_kill: &|| true,
     };
-    let mut reported = Reported::new();
-    let report = executor.execute(&tick, &mut reported).await;
+    let report = executor.execute(&tick, &mut Memory::new()).await;
     if let Some(e) = &report.audit_error {
         eprintln!("error: {e}");
         ok = false;
