@@ -493,6 +493,7 @@ fn the_alert_rules_pass_promtool_and_each_alert_has_a_firing_unit_test() {
         "SessionReaperTargetNotReady",
         "SessionReaperNoSuccessfulEvaluation",
         "SessionReaperKillFailures",
+        "SessionReaperKillsRefused",
         "SessionReaperConfigReloadFailed",
         "SessionReaperAuditUnwritable",
     ] {
