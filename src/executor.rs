@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use rustc_hash::FxHashMap;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::audit::{Audit, Event, Record, Subject, timestamp};
 use crate::core::plan::{Plan, Verdict};
@@ -47,9 +47,6 @@ pub struct Report {
     pub audit_error: Option<String>,
     /// Every kill's session id and result.
     pub outcomes: Vec<(u64, KillResult)>,
-    /// Kills not sent: the provider refused each of these sessions before, and
-    /// its wait to be tried again is not over (`Refusals`).
-    pub held_back: usize,
 }
 
 /// What was already reported on a target, per policy name, so that a session is
@@ -366,11 +363,15 @@ impl Executor {
         memory.refusals.forget_unlisted(snapshot);
         if !memory.refusals.is_empty() {
             let now = Instant::now();
-            kills.retain(|&(i, _)| {
-                let wait = memory.refusals.wait(&snapshot.sessions[i], now);
-                report.held_back += usize::from(wait.is_some());
-                wait.is_none()
-            });
+            let planned = kills.len();
+            kills.retain(|&(i, _)| memory.refusals.wait(&snapshot.sessions[i], now).is_none());
+            if kills.len() < planned {
+                debug!(
+                    "{} sessions on {} wait to be tried again after a refused kill",
+                    planned - kills.len(),
+                    tick.target
+                );
+            }
         }
         if kills.is_empty() {
             return report;
