@@ -574,7 +574,7 @@ impl Executor {
                 info!("session {} on {} not killed: {why}", s.id, tick.target)
             }
             KillResult::Refused(why) => warn!(
-                "kill of session {} on {} by {}: refused: {why}; tried again in {} (the wait doubles with each refusal, up to {}; a reload tries at once)",
+                "kill of session {} on {} by {}: refused: {why}; tried again in {} (the wait doubles with each refusal, up to {})",
                 s.id,
                 tick.target,
                 policy.name,

@@ -1385,7 +1385,8 @@ fn kill_error(code: u16, message: &str) -> KillResult {
             "{} (killing other accounts' sessions takes CONNECTION ADMIN on MariaDB \
              10.5.2 and later, CONNECTION_ADMIN on MySQL 8, SUPER on older servers; on \
              MySQL 8.0.16 and later, a session of an account with SYSTEM_USER takes \
-             SYSTEM_USER too)",
+             SYSTEM_USER too; a connection keeps the privileges it opened with, so \
+             reload session-reaper after granting)",
             text()
         )),
         _ => KillResult::Failed(text()),
@@ -1491,6 +1492,7 @@ mod tests {
                 "CONNECTION ADMIN on MariaDB",
                 "CONNECTION_ADMIN on MySQL",
                 "SYSTEM_USER",
+                "reload session-reaper after granting",
             ] {
                 assert!(why.contains(grant), "{why}");
             }
