@@ -25,7 +25,7 @@ use crate::core::breaker::{Breaker, Transition};
 use crate::core::plan::{self, RunOutcome, Verdict, Why};
 use crate::core::policy::Policy;
 use crate::core::session::Snapshot;
-use crate::executor::{Executor, Memory, Seen, Tick};
+use crate::executor::{Executor, Memory, RefusedStatus, Seen, Tick};
 use crate::metrics::Metrics;
 use crate::providers::{Provider, Want};
 use crate::schedule::Schedule;
@@ -72,6 +72,8 @@ pub struct TargetStatus {
     pub sessions: Option<usize>,
     pub last_error: Option<String>,
     pub last_error_at: Option<String>,
+    /// Sessions whose kill was refused, waiting to be tried again.
+    pub refused: Vec<RefusedStatus>,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -989,6 +991,10 @@ impl Runner {
             may_kill: &may_kill,
         };
         let report = self.executor.execute(&tick, &mut self.memory).await;
+        let refused = self.memory.refusals.status(Utc::now());
+        self.shared.with_state(|s| {
+            s.targets.entry(target.clone()).or_default().refused = refused;
+        });
         self.shared.with_state(|s| match &report.audit_error {
             Some(e) => {
                 s.audit.writable = false;

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use rustc_hash::FxHashMap;
+use serde::Serialize;
 use tracing::{debug, error, info, warn};
 
 use crate::audit::{Audit, Event, Record, Subject, timestamp};
@@ -121,6 +122,18 @@ pub struct Refusals {
     by_id: FxHashMap<u64, Vec<Refused>>,
 }
 
+/// A session whose kill was refused, as `/status` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RefusedStatus {
+    pub session_id: u64,
+    pub user: Option<String>,
+    pub host: Option<String>,
+    /// Refusals in a row.
+    pub refusals: u32,
+    /// When it may be sent a kill again (RFC 3339).
+    pub next_attempt_at: String,
+}
+
 #[derive(Debug)]
 struct Refused {
     node: Option<Text>,
@@ -184,6 +197,32 @@ impl Refusals {
             .min(REFUSED_RETRY_MAX);
         r.retry_at = now + wait;
         wait
+    }
+
+    /// Each session waiting, for `/status`, ascending by id; `now` is the wall
+    /// time of the instant the waits are measured from.
+    pub fn status(&self, now: chrono::DateTime<Utc>) -> Vec<RefusedStatus> {
+        let mono = Instant::now();
+        let mut all: Vec<_> = self
+            .by_id
+            .iter()
+            .flat_map(|(&id, entries)| {
+                entries.iter().map(move |r| {
+                    let wait = r.retry_at.saturating_duration_since(mono);
+                    RefusedStatus {
+                        session_id: id,
+                        user: r.user.as_ref().map(Text::to_string),
+                        host: r.host.as_ref().map(Text::to_string),
+                        refusals: r.times,
+                        next_attempt_at: timestamp(
+                            now + chrono::Duration::from_std(wait).unwrap_or_default(),
+                        ),
+                    }
+                })
+            })
+            .collect();
+        all.sort_by_key(|r| r.session_id);
+        all
     }
 
     /// Forgets `s` (it was killed, or it ended).
@@ -807,6 +846,16 @@ mod tests {
         }
         assert_eq!(waits, [1, 2, 4, 8, 16, 32, 64, 128, 256, 300, 300, 300]);
         assert_eq!(r.len(), 1);
+        let status = r.status(Utc::now());
+        assert_eq!(status.len(), 1);
+        assert_eq!(
+            (
+                status[0].session_id,
+                status[0].user.as_deref(),
+                status[0].refusals
+            ),
+            (7, Some("dba"), 12)
+        );
     }
 
     /// The wait belongs to one session: another with the same id (a reused id,

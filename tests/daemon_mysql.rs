@@ -520,6 +520,31 @@ async fn a_refused_kill_is_tried_again_after_a_growing_wait_and_at_once_after_a_
     )
     .unwrap_or(0.0);
     assert!((4.0..=8.0).contains(&attempts), "{attempts}: {page}");
+    // `/status` lists them, with when each is tried next.
+    let (_, status) = http_get(daemon.addr, "/status").await;
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    let listed = status["targets"]["db"]["refused"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let listed_ids: Vec<u64> = listed
+        .iter()
+        .filter_map(|r| r["session_id"].as_u64())
+        .collect();
+    assert_eq!(listed_ids, ids, "{status:#}");
+    for r in &listed {
+        assert_eq!(r["user"].as_str(), Some(app.name.as_str()));
+        assert!(
+            r["refusals"].as_u64().is_some_and(|n| (2..=4).contains(&n)),
+            "{r}"
+        );
+        assert!(
+            r["next_attempt_at"]
+                .as_str()
+                .is_some_and(|t| t.ends_with('Z')),
+            "{r}"
+        );
+    }
     assert_eq!(db.ids_of(&app.name).await, ids, "both sessions live");
 
     // Granted (a connection keeps the global privileges it opened with: the
