@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use rustc_hash::FxHashMap;
+use rustc_hash::{FxHashMap, FxHashSet};
 use serde::Serialize;
 use tracing::{debug, error, info, warn};
 
@@ -18,7 +18,7 @@ use crate::core::plan::{Plan, Verdict};
 use crate::core::policy::Policy;
 use crate::core::protected::Protected;
 use crate::core::recheck::recheck;
-use crate::core::session::{Session, Snapshot, Text};
+use crate::core::session::{Identity, Session, Snapshot, Text};
 use crate::fingerprint::Fingerprinter;
 use crate::metrics::Metrics;
 use crate::providers::{KillOutcome, KillRequest, KillResult, Needs, Provider, gate};
@@ -116,10 +116,10 @@ pub const REFUSED_RETRY_MAX: Duration = Duration::from_secs(300);
 /// on every tick (each one an intent, an fsync, a `KILL`, an outcome and a
 /// warning: at `every 250ms`, 345,600 of each a day per session): it is
 /// tried again after 1 s, then after 2, 4, 8 s... up to 5 minutes, while it lives.
-/// A session is the same one while its node, id, user, host and port are.
+/// A session is the same one while its node, id and `Identity` are.
 #[derive(Debug, Default)]
 pub struct Refusals {
-    by_id: FxHashMap<u64, Vec<Refused>>,
+    by_session: FxHashMap<(Option<Text>, u64), Refused>,
 }
 
 /// A session whose kill was refused, as `/status` shows it.
@@ -136,61 +136,47 @@ pub struct RefusedStatus {
 
 #[derive(Debug)]
 struct Refused {
-    node: Option<Text>,
-    user: Option<Text>,
-    host: Option<Text>,
-    port: Option<u16>,
+    identity: Identity,
     /// Refusals in a row.
     times: u32,
     /// Not sent a kill before this.
     retry_at: Instant,
-    /// Listed in the last whole snapshot.
-    listed: bool,
 }
 
-impl Refused {
-    fn is(&self, s: &Session) -> bool {
-        self.node == s.node && self.user == s.user && self.host == s.host && self.port == s.port
-    }
+fn key(s: &Session) -> (Option<Text>, u64) {
+    (s.node.clone(), s.id)
 }
 
 impl Refusals {
     /// Sessions waiting to be tried again.
     pub fn len(&self) -> usize {
-        self.by_id.values().map(Vec::len).sum()
+        self.by_session.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.by_id.is_empty()
+        self.by_session.is_empty()
     }
 
     /// How long until `s` may be sent a kill again, if it must wait.
     pub fn wait(&self, s: &Session, now: Instant) -> Option<Duration> {
-        let r = self.by_id.get(&s.id)?.iter().find(|r| r.is(s))?;
+        let r = self.by_session.get(&key(s))?;
         let left = r.retry_at.saturating_duration_since(now);
-        (!left.is_zero()).then_some(left)
+        (r.identity.is(s) && !left.is_zero()).then_some(left)
     }
 
     /// Records that the provider refused to kill `s`; returns the wait before
     /// it is tried again.
     pub fn refused(&mut self, s: &Session, now: Instant) -> Duration {
-        let entries = self.by_id.entry(s.id).or_default();
-        let at = match entries.iter().position(|r| r.is(s)) {
-            Some(at) => at,
-            None => {
-                entries.push(Refused {
-                    node: s.node.clone(),
-                    user: s.user.clone(),
-                    host: s.host.clone(),
-                    port: s.port,
-                    times: 0,
-                    retry_at: now,
-                    listed: true,
-                });
-                entries.len() - 1
-            }
-        };
-        let r = &mut entries[at];
+        let r = self.by_session.entry(key(s)).or_insert_with(|| Refused {
+            identity: Identity::of(s),
+            times: 0,
+            retry_at: now,
+        });
+        // The id now belongs to another session: its refusals start again.
+        if !r.identity.is(s) {
+            r.identity = Identity::of(s);
+            r.times = 0;
+        }
         r.times = r.times.saturating_add(1);
         let wait = REFUSED_RETRY_FIRST
             .saturating_mul(1 << (r.times - 1).min(16))
@@ -204,21 +190,19 @@ impl Refusals {
     pub fn status(&self, now: chrono::DateTime<Utc>) -> Vec<RefusedStatus> {
         let mono = Instant::now();
         let mut all: Vec<_> = self
-            .by_id
+            .by_session
             .iter()
-            .flat_map(|(&id, entries)| {
-                entries.iter().map(move |r| {
-                    let wait = r.retry_at.saturating_duration_since(mono);
-                    RefusedStatus {
-                        session_id: id,
-                        user: r.user.as_ref().map(Text::to_string),
-                        host: r.host.as_ref().map(Text::to_string),
-                        refusals: r.times,
-                        next_attempt_at: timestamp(
-                            now + chrono::Duration::from_std(wait).unwrap_or_default(),
-                        ),
-                    }
-                })
+            .map(|((_, id), r)| {
+                let wait = r.retry_at.saturating_duration_since(mono);
+                RefusedStatus {
+                    session_id: *id,
+                    user: r.identity.user.as_ref().map(Text::to_string),
+                    host: r.identity.host.as_ref().map(Text::to_string),
+                    refusals: r.times,
+                    next_attempt_at: timestamp(
+                        now + chrono::Duration::from_std(wait).unwrap_or_default(),
+                    ),
+                }
             })
             .collect();
         all.sort_by_key(|r| r.session_id);
@@ -227,34 +211,26 @@ impl Refusals {
 
     /// Forgets `s` (it was killed, or it ended).
     pub fn forget(&mut self, s: &Session) {
-        if let Some(entries) = self.by_id.get_mut(&s.id) {
-            entries.retain(|r| !r.is(s));
-            if entries.is_empty() {
-                self.by_id.remove(&s.id);
-            }
+        let key = key(s);
+        if self.by_session.get(&key).is_some_and(|r| r.identity.is(s)) {
+            self.by_session.remove(&key);
         }
     }
 
     /// Forgets the sessions a whole snapshot no longer lists: they ended (an
     /// incomplete snapshot says nothing of the ones it leaves out).
     pub fn forget_unlisted(&mut self, snapshot: &Snapshot) {
-        if self.by_id.is_empty() || snapshot.partial.is_some() {
+        if self.by_session.is_empty() || snapshot.partial.is_some() {
             return;
         }
-        for r in self.by_id.values_mut().flatten() {
-            r.listed = false;
-        }
+        let mut listed = FxHashSet::default();
         for s in snapshot.sessions.iter() {
-            if let Some(entries) = self.by_id.get_mut(&s.id) {
-                for r in entries.iter_mut().filter(|r| r.is(s)) {
-                    r.listed = true;
-                }
+            let key = key(s);
+            if self.by_session.get(&key).is_some_and(|r| r.identity.is(s)) {
+                listed.insert(key);
             }
         }
-        self.by_id.retain(|_, entries| {
-            entries.retain(|r| r.listed);
-            !entries.is_empty()
-        });
+        self.by_session.retain(|key, _| listed.contains(key));
     }
 }
 

@@ -52,6 +52,31 @@ pub struct Session {
     pub node: Option<Text>,
 }
 
+/// Who a session is beyond its id: its account and its client. An id listed
+/// with another of these is another session (a server hands ids out again
+/// after it restarts).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub user: Option<Text>,
+    pub host: Option<Text>,
+    pub port: Option<u16>,
+}
+
+impl Identity {
+    pub fn of(s: &Session) -> Identity {
+        Identity {
+            user: s.user.clone(),
+            host: s.host.clone(),
+            port: s.port,
+        }
+    }
+
+    /// Whether `s` has this account and client.
+    pub fn is(&self, s: &Session) -> bool {
+        self.user == s.user && self.host == s.host && self.port == s.port
+    }
+}
+
 /// An open InnoDB transaction of a session.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Transaction {

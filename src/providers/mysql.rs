@@ -37,7 +37,7 @@ use crate::config::secret;
 use crate::config::yaml::Map;
 use crate::core::policy::Action;
 use crate::core::protected::KILLED_COMMAND;
-use crate::core::session::{ServerInfo, Session, Snapshot, Text, Transaction};
+use crate::core::session::{Identity, ServerInfo, Session, Snapshot, Text, Transaction};
 use crate::metrics::Metrics;
 
 pub const SPEC: Spec = Spec {
@@ -256,9 +256,7 @@ fn same_start(a: Option<DateTime<Utc>>, b: Option<DateTime<Utc>>) -> bool {
 /// A session that a kill of ours reached, as the server listed it then.
 #[derive(Debug)]
 struct Ending {
-    user: Option<Text>,
-    host: Option<Text>,
-    port: Option<u16>,
+    identity: Identity,
     /// When its server started: after a restart the ids start again.
     started_at: Option<DateTime<Utc>>,
 }
@@ -266,15 +264,9 @@ struct Ending {
 impl Ending {
     fn of(session: &Session, started_at: Option<DateTime<Utc>>) -> Ending {
         Ending {
-            user: session.user.clone(),
-            host: session.host.clone(),
-            port: session.port,
+            identity: Identity::of(session),
             started_at,
         }
-    }
-
-    fn is(&self, session: &Session) -> bool {
-        self.user == session.user && self.host == session.host && self.port == session.port
     }
 }
 
@@ -300,7 +292,7 @@ fn mark_ending(
     ending.retain(|_, e| same_start(e.started_at, started_at));
     let mut listed = FxHashSet::default();
     for s in sessions.iter_mut() {
-        if ending.get(&s.id).is_some_and(|e| e.is(s)) {
+        if ending.get(&s.id).is_some_and(|e| e.identity.is(s)) {
             s.command = Text::from(KILLED_COMMAND);
             listed.insert(s.id);
         }
