@@ -994,17 +994,17 @@ impl Runner {
         let refused = self.memory.refusals.status(Utc::now());
         self.shared.with_state(|s| {
             s.targets.entry(target.clone()).or_default().refused = refused;
-        });
-        self.shared.with_state(|s| match &report.audit_error {
-            Some(e) => {
-                s.audit.writable = false;
-                s.audit.error = Some(e.clone());
+            match &report.audit_error {
+                Some(e) => {
+                    s.audit.writable = false;
+                    s.audit.error = Some(e.clone());
+                }
+                None if !s.audit.writable && self.executor.audit().check().is_ok() => {
+                    s.audit.writable = true;
+                    s.audit.error = None;
+                }
+                None => {}
             }
-            None if !s.audit.writable && self.executor.audit().check().is_ok() => {
-                s.audit.writable = true;
-                s.audit.error = None;
-            }
-            None => {}
         });
 
         // Spared sessions, each counted once while it stays spared. The count
