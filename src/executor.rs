@@ -126,6 +126,10 @@ pub struct Refusals {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct RefusedStatus {
     pub session_id: u64,
+    /// The node the session lives on (cluster providers): one id may be
+    /// refused on two nodes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
     pub user: Option<String>,
     pub host: Option<String>,
     /// Refusals in a row.
@@ -185,17 +189,18 @@ impl Refusals {
         wait
     }
 
-    /// Each session waiting, for `/status`, ascending by id; `now` is the wall
+    /// Each session waiting, for `/status`, ascending by id (then node); `now` is the wall
     /// time of the instant the waits are measured from.
     pub fn status(&self, now: chrono::DateTime<Utc>) -> Vec<RefusedStatus> {
         let mono = Instant::now();
         let mut all: Vec<_> = self
             .by_session
             .iter()
-            .map(|((_, id), r)| {
+            .map(|((node, id), r)| {
                 let wait = r.retry_at.saturating_duration_since(mono);
                 RefusedStatus {
                     session_id: *id,
+                    node: node.as_ref().map(Text::to_string),
                     user: r.identity.user.as_ref().map(Text::to_string),
                     host: r.identity.host.as_ref().map(Text::to_string),
                     refusals: r.times,
@@ -205,7 +210,7 @@ impl Refusals {
                 }
             })
             .collect();
-        all.sort_by_key(|r| r.session_id);
+        all.sort_by(|a, b| (a.session_id, &a.node).cmp(&(b.session_id, &b.node)));
         all
     }
 
@@ -861,6 +866,13 @@ mod tests {
         };
         r.refused(&on_node, now);
         assert_eq!(r.len(), 2);
+        // `/status` tells the two apart by their node.
+        let nodes: Vec<_> = r
+            .status(Utc::now())
+            .into_iter()
+            .map(|s| (s.session_id, s.node))
+            .collect();
+        assert_eq!(nodes, [(7, None), (7, Some("node-2".to_owned()))]);
         r.forget(&refused);
         assert_eq!(r.wait(&refused, now), None, "killed or gone: forgotten");
         assert!(r.wait(&on_node, now).is_some());

@@ -534,6 +534,7 @@ async fn a_refused_kill_is_tried_again_after_a_growing_wait_and_at_once_after_a_
     assert_eq!(listed_ids, ids, "{status:#}");
     for r in &listed {
         assert_eq!(r["user"].as_str(), Some(app.name.as_str()));
+        assert!(r.get("node").is_none(), "one server has no nodes: {r}");
         assert!(
             r["refusals"].as_u64().is_some_and(|n| (2..=4).contains(&n)),
             "{r}"
