@@ -13,7 +13,7 @@
 //! - `footprint`: the daemon's resident memory with 10 file targets of 1,000
 //!   sessions and with 10,000 sessions on a real server; CPU at rest.
 //! - `growth`: plan time, RSS and CPU per tick at 1k/10k/100k sessions and at
-//!   1/10/100 targets.
+//!   1/10/100 targets, and plan time per session from 1k to 400k sessions.
 //!
 //!   cargo bench --bench storm                       # all four
 //!   cargo bench --bench storm -- storm reaction     # some of them
@@ -43,6 +43,7 @@ use mariadb::{MariaDb, Options};
 use raw::Conn;
 use session_reaper::core::plan::plan;
 use session_reaper::core::protected::Protected;
+use session_reaper::core::session::{Session, Snapshot};
 use tokio::task::JoinHandle;
 
 const APP: usize = 3_000;
@@ -828,18 +829,20 @@ async fn growth() {
         accounts: vec!["rdsAdmin".to_owned()],
         max_snapshot_age: None,
     };
-    let plan_ms = |n: usize| {
-        let snap = workload::snapshot(n, 42);
-        let mut times: Vec<f64> = (0..7)
+    // The median of enough plans to take about a second (at least 7).
+    let plan_of = |snap: &Snapshot| {
+        let reps = (2_000_000 / snap.sessions.len().max(1)).clamp(7, 2_000);
+        let mut times: Vec<f64> = (0..reps)
             .map(|_| {
                 let t = Instant::now();
-                std::hint::black_box(plan(&snap, &refs, &protected, workload::now()));
+                std::hint::black_box(plan(snap, &refs, &protected, workload::now()));
                 t.elapsed().as_secs_f64() * 1e3
             })
             .collect();
         times.sort_by(f64::total_cmp);
-        times[3]
+        times[reps / 2]
     };
+    let plan_ms = |n: usize| plan_of(&workload::snapshot(n, 42));
     println!(
         "| targets × sessions | plan, 50 policies (all targets) | daemon RSS peak | CPU per tick |"
     );
@@ -870,6 +873,43 @@ async fn growth() {
         );
     }
     println!();
+    // Where the time per session steps up: as the snapshot (the sessions and
+    // the strings they own) outgrows each level of the caches.
+    println!("`plan` with 50 policies per session, by the size of the snapshot it reads:\n");
+    println!("| sessions | snapshot | plan | per session |");
+    println!("|---:|---:|---:|---:|");
+    for n in [
+        1_000, 5_000, 10_000, 20_000, 50_000, 100_000, 200_000, 400_000,
+    ] {
+        let snap = workload::snapshot(n, 42);
+        let ms = plan_of(&snap);
+        println!(
+            "| {n} | {:.1} MB | {ms:.2} ms | {:.1} ns |",
+            snapshot_bytes(&snap) as f64 / 1e6,
+            ms * 1e6 / n as f64
+        );
+    }
+    println!();
+}
+
+/// What a snapshot's sessions take in memory: the sessions themselves and the
+/// strings they own (short ones are kept inside the session).
+fn snapshot_bytes(snap: &Snapshot) -> usize {
+    snap.sessions
+        .iter()
+        .map(|s| {
+            let texts = [&s.user, &s.host, &s.db, &s.state, &s.template_id, &s.node];
+            std::mem::size_of::<Session>()
+                + s.sql.as_ref().map_or(0, String::capacity)
+                + texts
+                    .iter()
+                    .filter_map(|t| t.as_ref())
+                    .chain([&s.command])
+                    .filter(|t| t.is_heap_allocated())
+                    .map(|t| t.capacity())
+                    .sum::<usize>()
+        })
+        .sum()
 }
 
 // ---------------------------------------------------------------------------
