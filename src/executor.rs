@@ -594,12 +594,14 @@ impl Executor {
                 info!("session {} on {} not killed: {why}", s.id, tick.target)
             }
             KillResult::Refused(why) => warn!(
-                "kill of session {} on {} by {}: refused: {why}; tried again in {} (the wait doubles with each refusal, up to {})",
+                "kill of session {} on {} by {}: refused: {why}; tried again in {} (the wait doubles with each refusal, up to {}); if `{}` should spare this account, add `{}` to its ignored_users",
                 s.id,
                 tick.target,
                 policy.name,
                 crate::core::policy::format_duration(retry_in.unwrap_or_default()),
                 crate::core::policy::format_duration(REFUSED_RETRY_MAX),
+                policy.name,
+                s.user.as_deref().unwrap_or_default(),
             ),
             other => warn!(
                 "kill of session {} on {} by {}: {}: {}",
