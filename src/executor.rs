@@ -189,8 +189,8 @@ impl Refusals {
         wait
     }
 
-    /// Each session waiting, for `/status`, ascending by id (then node); `now` is the wall
-    /// time of the instant the waits are measured from.
+    /// Each session waiting, for `/status`, ascending by id (then node); `now`
+    /// is the wall time of the instant the waits are measured from.
     pub fn status(&self, now: chrono::DateTime<Utc>) -> Vec<RefusedStatus> {
         let mono = Instant::now();
         let mut all: Vec<_> = self
@@ -594,14 +594,13 @@ impl Executor {
                 info!("session {} on {} not killed: {why}", s.id, tick.target)
             }
             KillResult::Refused(why) => warn!(
-                "kill of session {} on {} by {}: refused: {why}; tried again in {} (the wait doubles with each refusal, up to {}); if `{}` should spare this account, add `{}` to its ignored_users",
+                "kill of session {} on {} by {policy}: refused: {why}; tried again in {} (the wait doubles with each refusal, up to {}); if `{policy}` should spare this account, add `{user}` to its ignored_users",
                 s.id,
                 tick.target,
-                policy.name,
                 crate::core::policy::format_duration(retry_in.unwrap_or_default()),
                 crate::core::policy::format_duration(REFUSED_RETRY_MAX),
-                policy.name,
-                s.user.as_deref().unwrap_or_default(),
+                policy = policy.name,
+                user = s.user.as_deref().unwrap_or_default(),
             ),
             other => warn!(
                 "kill of session {} on {} by {}: {}: {}",

@@ -905,6 +905,7 @@ fn snapshot_bytes(snap: &Snapshot) -> usize {
                     .iter()
                     .filter_map(|t| t.as_ref())
                     .chain([&s.command])
+                    .chain(s.trx.as_ref().map(|t| &t.id))
                     .filter(|t| t.is_heap_allocated())
                     .map(|t| t.capacity())
                     .sum::<usize>()
