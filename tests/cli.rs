@@ -303,10 +303,7 @@ async fn sighup_with_a_broken_policy_keeps_the_running_policy() {
     let reaper = db.reaper_user().await;
     let app = db.create_user("hup_app", None).await;
     let other = db.create_user("hup_other", None).await;
-    setup.config(&format!(
-        "targets:\n{}",
-        setup.mysql_target("db", db, &reaper)
-    ));
+    setup.mysql_config("db", db, &reaper);
     let policy = |user: &str| {
         format!("name: idle\nschedule: every 100ms\nmode: enforce\nmatch:\n  user: {user}\n")
     };
@@ -392,10 +389,7 @@ async fn an_unreachable_database_leaves_the_daemon_up_and_it_resumes_by_itself()
     let setup = Setup::new();
     let reaper = db.reaper_user().await;
     let app = db.create_user("down_app", None).await;
-    setup.config(&format!(
-        "targets:\n{}",
-        setup.mysql_target("db", &db, &reaper)
-    ));
+    setup.mysql_config("db", &db, &reaper);
     setup.policy(
         "idle.yaml",
         &format!(
@@ -496,10 +490,7 @@ async fn sessions_json_writes_a_snapshot_that_plan_replays() {
     let reaper = db.reaper_user().await;
     let app = db.create_user("rec_app", None).await;
     let _a = db.open_idle(&app, 2).await;
-    setup.config(&format!(
-        "targets:\n{}",
-        setup.mysql_target("db", db, &reaper)
-    ));
+    setup.mysql_config("db", db, &reaper);
     setup.policy(
         "idle.yaml",
         &format!(

@@ -25,10 +25,7 @@ async fn idle_sessions_of_a_matched_user_are_killed_and_others_are_not() {
     let _keep = db.open_idle(&bystander, 5).await;
     let _victims = db.open_idle(&app, 1000).await;
     assert_eq!(db.ids_of(&app.name).await.len(), 1000);
-    setup.config(&format!(
-        "targets:\n{}",
-        setup.mysql_target("db", db, &reaper)
-    ));
+    setup.mysql_config("db", db, &reaper);
     setup.policy(
         "idle.yaml",
         &format!(
@@ -205,10 +202,7 @@ async fn server_threads_and_binlog_dump_survive_a_policy_that_matches_everything
             .any(|(_, u, c)| u == "event_scheduler" && c == "Daemon"),
         "{before:?}"
     );
-    setup.config(&format!(
-        "targets:\n{}",
-        setup.mysql_target("db", &db, &reaper)
-    ));
+    setup.mysql_config("db", &db, &reaper);
     setup.policy(
         "everything.yaml",
         "name: everything\nschedule: every 100ms\nmode: enforce\nmatch: {}\n",
@@ -257,10 +251,7 @@ async fn kill_query_ends_the_statement_and_keeps_the_connection() {
     let reaper = db.reaper_user().await;
     let app = db.create_user("kq_e2e", None).await;
     let mut conn = db.connect(&app.name, &app.password).await.unwrap();
-    setup.config(&format!(
-        "targets:\n{}",
-        setup.mysql_target("db", db, &reaper)
-    ));
+    setup.mysql_config("db", db, &reaper);
     setup.policy(
         "slow.yaml",
         &format!(
@@ -326,10 +317,7 @@ async fn in_transaction_and_min_trx_time_match_only_sessions_with_an_open_transa
         .query_drop(format!("UPDATE `{dbname}`.t SET v = v + 1 WHERE id = 2"))
         .await
         .unwrap();
-    setup.config(&format!(
-        "targets:\n{}",
-        setup.mysql_target("db", db, &reaper)
-    ));
+    setup.mysql_config("db", db, &reaper);
     setup.policy(
         "trx.yaml",
         &format!(
@@ -364,10 +352,7 @@ async fn dry_run_kills_nothing_and_audits_each_would_kill_once() {
     let reaper = db.reaper_user().await;
     let app = db.create_user("dry_app", None).await;
     let _a = db.open_idle(&app, 4).await;
-    setup.config(&format!(
-        "targets:\n{}",
-        setup.mysql_target("db", db, &reaper)
-    ));
+    setup.mysql_config("db", db, &reaper);
     setup.policy(
         "dry.yaml",
         &format!(
@@ -408,10 +393,7 @@ async fn limits_hold_the_breaker_opens_and_nothing_is_killed() {
     let reaper = db.reaper_user().await;
     let app = db.create_user("lim_app", None).await;
     let _a = db.open_idle(&app, 6).await;
-    setup.config(&format!(
-        "targets:\n{}",
-        setup.mysql_target("db", db, &reaper)
-    ));
+    setup.mysql_config("db", db, &reaper);
     setup.policy(
         "limited.yaml",
         &format!(
@@ -461,10 +443,7 @@ async fn a_refused_kill_is_tried_again_after_a_growing_wait_and_at_once_after_a_
     let _a = db.open_idle(&app, 2).await;
     let ids = db.ids_of(&app.name).await;
     assert_eq!(ids.len(), 2);
-    setup.config(&format!(
-        "targets:\n{}",
-        setup.mysql_target("db", db, &reaper)
-    ));
+    setup.mysql_config("db", db, &reaper);
     setup.policy(
         "idle.yaml",
         &format!(

@@ -96,10 +96,7 @@ async fn kill_9_in_a_storm_loses_and_duplicates_no_audit_record() {
     let app = db.create_user("storm9", None).await;
     let conns = db.open_idle(&app, 1500).await;
     std::mem::forget(conns);
-    setup.config(&format!(
-        "targets:\n{}",
-        setup.mysql_target("db", db, &reaper)
-    ));
+    setup.mysql_config("db", db, &reaper);
     setup.policy(
         "p.yaml",
         &format!(

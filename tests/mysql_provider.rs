@@ -1016,10 +1016,7 @@ async fn a_session_rolling_back_after_a_kill_is_never_killed_again() {
             app.name
         ),
     );
-    let path = setup.config(&format!(
-        "targets:\n{}",
-        setup.mysql_target("db", db, &reaper)
-    ));
+    let path = setup.mysql_config("db", db, &reaper);
     let config = config::load(&path).expect("valid config");
     let (target, policy) = (&config.targets[0], &config.policies[0]);
     let protected = target.protected();

@@ -38,10 +38,7 @@ async fn compare_and_kill_skips_a_reused_id_and_a_finished_statement() {
         let _ = r;
         conn
     });
-    setup.config(&format!(
-        "targets:\n{}",
-        setup.mysql_target("db", db, &reaper)
-    ));
+    setup.mysql_config("db", db, &reaper);
     setup.policy(
         "p.yaml",
         "name: apps\nschedule: every 1s\nmode: enforce\nmatch:\n  user: app\n",
@@ -142,10 +139,7 @@ async fn an_operator_resets_an_open_breaker_and_a_typo_names_the_valid_ones() {
     let reaper = db.reaper_user().await;
     let app = db.create_user("brk_app", None).await;
     let mut conns = db.open_idle(&app, 4).await;
-    setup.config(&format!(
-        "targets:\n{}",
-        setup.mysql_target("db", db, &reaper)
-    ));
+    setup.mysql_config("db", db, &reaper);
     setup.policy(
         "limited.yaml",
         &format!(
@@ -300,10 +294,7 @@ async fn a_full_disk_for_the_audit_log_means_no_kill() {
     let _a = db.open_idle(&app, 2).await;
     std::fs::create_dir_all(setup.path().join("state")).unwrap();
     std::os::unix::fs::symlink("/dev/full", setup.audit_path()).unwrap();
-    setup.config(&format!(
-        "targets:\n{}",
-        setup.mysql_target("db", db, &reaper)
-    ));
+    setup.mysql_config("db", db, &reaper);
     setup.policy(
         "p.yaml",
         &format!(
@@ -412,10 +403,7 @@ async fn intents_left_open_by_a_crash_are_reconciled_at_start_up() {
     let app = db.create_user("rec_open", None).await;
     let _a = db.open_idle(&app, 1).await;
     let live = db.ids_of(&app.name).await[0];
-    setup.config(&format!(
-        "targets:\n{}",
-        setup.mysql_target("db", db, &reaper)
-    ));
+    setup.mysql_config("db", db, &reaper);
     setup.policy(
         "p.yaml",
         "name: p\nschedule: every 1s\nmatch:\n  user: nobody-at-all\n",

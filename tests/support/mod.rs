@@ -67,6 +67,11 @@ impl Setup {
         )
     }
 
+    /// Writes `config.yaml` with one target: `mysql_target(name, db, user)`.
+    pub fn mysql_config(&self, name: &str, db: &MariaDb, user: &User) -> PathBuf {
+        self.config(&format!("targets:\n{}", self.mysql_target(name, db, user)))
+    }
+
     pub fn audit_path(&self) -> PathBuf {
         self.dir.path().join("state").join("audit.jsonl")
     }
