@@ -105,6 +105,10 @@ impl MariaDb {
             .expect("a temp dir")
             .keep();
         let data = dir.join("data");
+        // The server's own temp dir: its on-disk temporary tables (a processlist
+        // read can make one) must not share /tmp with other servers or cleaners.
+        let tmp = dir.join("tmp");
+        std::fs::create_dir_all(&tmp).expect("the server's temp dir");
         let out = Command::new("mariadb-install-db")
             .args([
                 "--no-defaults",
@@ -126,6 +130,7 @@ impl MariaDb {
                 "--no-defaults".to_owned(),
                 "--user=root".to_owned(),
                 format!("--datadir={}", data.display()),
+                format!("--tmpdir={}", tmp.display()),
                 format!("--socket={}", dir.join("sock").display()),
                 format!("--port={port}"),
                 "--bind-address=127.0.0.1".to_owned(),
@@ -241,11 +246,13 @@ impl MariaDb {
         self.stop();
         let dir = self.dir.clone().expect("a dedicated server");
         let data = dir.join("data");
+        let tmp = dir.join("tmp");
         let child = Command::new(server_binary())
             .args([
                 "--no-defaults".to_owned(),
                 "--user=root".to_owned(),
                 format!("--datadir={}", data.display()),
+                format!("--tmpdir={}", tmp.display()),
                 format!("--socket={}", dir.join("sock").display()),
                 format!("--port={}", self.port),
                 "--bind-address=127.0.0.1".to_owned(),
