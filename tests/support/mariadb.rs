@@ -105,8 +105,9 @@ impl MariaDb {
             .expect("a temp dir")
             .keep();
         let data = dir.join("data");
-        // The server's own temp dir: its on-disk temporary tables (a processlist
-        // read can make one) must not share /tmp with other servers or cleaners.
+        // The server's own temp dir: a mariadbd deletes every `#sql*` file in its
+        // tmpdir as it starts, so with /tmp shared, starting a server failed the
+        // queries running on the others (a processlist read makes such a file).
         let tmp = dir.join("tmp");
         std::fs::create_dir_all(&tmp).expect("the server's temp dir");
         let out = Command::new("mariadb-install-db")
