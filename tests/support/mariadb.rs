@@ -41,6 +41,27 @@ fn free_port() -> u16 {
         .expect("a free local port")
 }
 
+/// What every start of a dedicated server passes: its files in `dir`, on `port`.
+/// The server's temp dir is its own: a mariadbd deletes every `#sql*` file in its
+/// tmpdir as it starts, so with /tmp shared, starting a server failed the queries
+/// running on the others (a processlist read makes such a file).
+fn server_args(dir: &Path, port: u16) -> Vec<String> {
+    vec![
+        "--no-defaults".to_owned(),
+        "--user=root".to_owned(),
+        format!("--datadir={}", dir.join("data").display()),
+        format!("--tmpdir={}", dir.join("tmp").display()),
+        format!("--socket={}", dir.join("sock").display()),
+        format!("--port={port}"),
+        "--bind-address=127.0.0.1".to_owned(),
+        format!("--pid-file={}", dir.join("pid").display()),
+        format!("--log-error={}", dir.join("error.log").display()),
+        "--max-connections=6000".to_owned(),
+        "--skip-name-resolve".to_owned(),
+        "--innodb-buffer-pool-size=64M".to_owned(),
+    ]
+}
+
 fn server_binary() -> &'static str {
     for p in [
         "/usr/sbin/mariadbd",
@@ -105,11 +126,7 @@ impl MariaDb {
             .expect("a temp dir")
             .keep();
         let data = dir.join("data");
-        // The server's own temp dir: a mariadbd deletes every `#sql*` file in its
-        // tmpdir as it starts, so with /tmp shared, starting a server failed the
-        // queries running on the others (a processlist read makes such a file).
-        let tmp = dir.join("tmp");
-        std::fs::create_dir_all(&tmp).expect("the server's temp dir");
+        std::fs::create_dir_all(dir.join("tmp")).expect("the server's temp dir");
         let out = Command::new("mariadb-install-db")
             .args([
                 "--no-defaults",
@@ -127,25 +144,14 @@ impl MariaDb {
         );
         for attempt in 0..5 {
             let port = free_port();
-            let mut args = vec![
-                "--no-defaults".to_owned(),
-                "--user=root".to_owned(),
-                format!("--datadir={}", data.display()),
-                format!("--tmpdir={}", tmp.display()),
-                format!("--socket={}", dir.join("sock").display()),
-                format!("--port={port}"),
-                "--bind-address=127.0.0.1".to_owned(),
-                format!("--pid-file={}", dir.join("pid").display()),
-                format!("--log-error={}", dir.join("error.log").display()),
-                "--max-connections=6000".to_owned(),
+            let mut args = server_args(&dir, port);
+            args.extend([
                 "--event-scheduler=ON".to_owned(),
                 format!("--log-bin={}", dir.join("binlog").display()),
                 "--server-id=1".to_owned(),
-                "--innodb-buffer-pool-size=64M".to_owned(),
                 "--innodb-log-file-size=16M".to_owned(),
-                "--skip-name-resolve".to_owned(),
                 "--thread-cache-size=200".to_owned(),
-            ];
+            ]);
             args.extend(options.args.iter().cloned());
             let child = Command::new(server_binary())
                 .args(&args)
@@ -246,23 +252,8 @@ impl MariaDb {
     pub fn restart(&self) {
         self.stop();
         let dir = self.dir.clone().expect("a dedicated server");
-        let data = dir.join("data");
-        let tmp = dir.join("tmp");
         let child = Command::new(server_binary())
-            .args([
-                "--no-defaults".to_owned(),
-                "--user=root".to_owned(),
-                format!("--datadir={}", data.display()),
-                format!("--tmpdir={}", tmp.display()),
-                format!("--socket={}", dir.join("sock").display()),
-                format!("--port={}", self.port),
-                "--bind-address=127.0.0.1".to_owned(),
-                format!("--pid-file={}", dir.join("pid").display()),
-                format!("--log-error={}", dir.join("error.log").display()),
-                "--max-connections=6000".to_owned(),
-                "--skip-name-resolve".to_owned(),
-                "--innodb-buffer-pool-size=64M".to_owned(),
-            ])
+            .args(server_args(&dir, self.port))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
