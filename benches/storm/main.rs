@@ -18,7 +18,7 @@
 //!   cargo bench --bench storm                       # all four
 //!   cargo bench --bench storm -- storm reaction     # some of them
 //!   STORM_REPS=5 cargo bench --bench storm -- storm # more repetitions (default 3)
-//!   cargo bench --bench storm -- probe              # one re-check read, batched KILLs
+//!   cargo bench --bench storm -- probe              # re-check reads, listings, batched KILLs
 //!
 //! STORM_ONLY=session-reaper skips the floor and pt-kill, STORM_POOL=N sets the
 //! target's pool_size, STORM_VERBOSE=1 prints each run's first kill and kill phase,
@@ -123,7 +123,54 @@ async fn main() {
                 t.elapsed().as_secs_f64() * 1e3 / 20.0
             );
         }
+        // What one listing costs, by statement: the snapshot's and a first
+        // round's re-check (2 lanes x 250 ids), as the mysql provider writes them
+        // for a policy that reads neither statements nor transactions, against the
+        // cheapest listings the server has. (`SHOW PROCESSLIST` has whole seconds
+        // and no query id, and cannot be asked for some ids only.)
+        let ours = "SELECT p.ID, p.USER, p.HOST, p.DB, p.COMMAND, CAST(p.TIME_MS AS CHAR), \
+                    p.STATE, NULL, p.QUERY_ID, NULL, NULL FROM information_schema.PROCESSLIST p";
+        let round: Vec<String> = ids.iter().take(500).map(u64::to_string).collect();
+        for (what, sql) in [
+            ("the snapshot's listing", ours.to_owned()),
+            (
+                "a re-check of 500 ids",
+                format!("{ours} WHERE p.ID IN ({})", round.join(",")),
+            ),
+            (
+                "SELECT ID FROM information_schema.PROCESSLIST",
+                "SELECT ID FROM information_schema.PROCESSLIST".to_owned(),
+            ),
+            ("SHOW PROCESSLIST", "SHOW PROCESSLIST".to_owned()),
+        ] {
+            let t = Instant::now();
+            let mut rows = 0;
+            for _ in 0..20 {
+                rows = root.query_rows(&sql).await.unwrap();
+            }
+            println!(
+                "probe: {what} ({rows} rows): {:.2} ms",
+                t.elapsed().as_secs_f64() * 1e3 / 20.0
+            );
+        }
         drop(storm);
+        // The mysql provider's rounds, by hand: 3,000 kills in rounds of 500 over
+        // two lanes, each round re-checked first, or re-checked on a third
+        // connection while the round before it is killed. Alternated, three times.
+        for _ in 0..3 {
+            for overlapped in [false, true] {
+                let took = rounds(db.port, ours, overlapped).await;
+                println!(
+                    "probe: rounds of 500 kills, each re-checked {}: {:.0} ms",
+                    if overlapped {
+                        "during the round before"
+                    } else {
+                        "between rounds"
+                    },
+                    took.as_secs_f64() * 1e3
+                );
+            }
+        }
         for (k, batch) in [(1usize, 100usize), (2, 100), (4, 100), (2, 25), (2, 400)] {
             let storm = Storm::open(db.port, Duration::ZERO).await;
             let mut killers = open_many(db.port, "root", k).await;
@@ -174,6 +221,54 @@ async fn main() {
 struct Storm {
     app: Vec<JoinHandle<Instant>>,
     ignored: Vec<Conn>,
+}
+
+/// Clears a storm as the mysql provider's kill rounds do (a re-check read of 500
+/// ids with `listing`, then 250 `KILL`s on each of two lanes), with each round's
+/// re-check between rounds or, `overlapped`, during the round before it.
+async fn rounds(port: u16, listing: &str, overlapped: bool) -> Duration {
+    let storm = Storm::open(port, Duration::ZERO).await;
+    let mut conns = open_many(port, "root", 3).await;
+    let start = Instant::now();
+    let ids = conns[0]
+        .query_ints("SELECT ID FROM information_schema.PROCESSLIST WHERE USER = 'app'")
+        .await
+        .unwrap();
+    let recheck = |round: &[u64]| {
+        let ids: Vec<String> = round.iter().map(u64::to_string).collect();
+        format!("{listing} WHERE p.ID IN ({})", ids.join(","))
+    };
+    let packet = |ids: &[u64]| {
+        let kills: Vec<String> = ids
+            .iter()
+            .map(|id| format!("KILL CONNECTION {id}"))
+            .collect();
+        kills.join(";")
+    };
+    let [a, b, reader] = &mut conns[..] else {
+        unreachable!("three connections")
+    };
+    let rounds: Vec<&[u64]> = ids.chunks(500).collect();
+    if overlapped {
+        reader.query_rows(&recheck(rounds[0])).await.unwrap();
+    }
+    for (i, round) in rounds.iter().enumerate() {
+        if !overlapped {
+            reader.query_rows(&recheck(round)).await.unwrap();
+        }
+        let (x, y) = round.split_at(round.len() / 2);
+        let (x, y) = (packet(x), packet(y));
+        let kills = futures::future::join(a.execute_many(&x), b.execute_many(&y));
+        let next = rounds.get(i + 1).filter(|_| overlapped).map(|n| recheck(n));
+        let ((x, y), read) = match next {
+            Some(next) => futures::future::join(kills, reader.query_rows(&next)).await,
+            None => (kills.await, Ok(0)),
+        };
+        read.unwrap();
+        assert_eq!((x.unwrap().0, y.unwrap().0), (250, 250));
+    }
+    let (cleared, _) = storm.cleared(start, Duration::from_secs(30)).await;
+    cleared.expect("the storm is cleared")
 }
 
 async fn open_many(port: u16, user: &str, n: usize) -> Vec<Conn> {

@@ -155,8 +155,9 @@ impl Conn {
         }
     }
 
-    /// A query whose first column is an integer: its values.
-    pub async fn query_ints(&mut self, sql: &str) -> io::Result<Vec<u64>> {
+    /// Sends a query and reads its result set's head, up to the first row:
+    /// false when the server answered OK (no result set).
+    async fn result_set(&mut self, sql: &str) -> io::Result<bool> {
         let mut body = Vec::with_capacity(sql.len() + 1);
         body.push(0x03);
         body.extend_from_slice(sql.as_bytes());
@@ -164,7 +165,7 @@ impl Conn {
         let head = read_packet(&mut self.stream).await?;
         match head.first() {
             Some(0xff) => return Err(server_error(&head)),
-            Some(0x00) => return Ok(Vec::new()),
+            Some(0x00) => return Ok(false),
             _ => {}
         }
         let columns = head[0] as usize;
@@ -174,6 +175,30 @@ impl Conn {
         let eof = read_packet(&mut self.stream).await?;
         if eof.first() != Some(&0xfe) {
             return Err(protocol("no EOF after the column definitions"));
+        }
+        Ok(true)
+    }
+
+    /// A query's rows, counted (their values are not read).
+    pub async fn query_rows(&mut self, sql: &str) -> io::Result<usize> {
+        if !self.result_set(sql).await? {
+            return Ok(0);
+        }
+        let mut n = 0;
+        loop {
+            let row = read_packet(&mut self.stream).await?;
+            match row.first() {
+                Some(0xfe) if row.len() < 9 => return Ok(n),
+                Some(0xff) => return Err(server_error(&row)),
+                _ => n += 1,
+            }
+        }
+    }
+
+    /// A query whose first column is an integer: its values.
+    pub async fn query_ints(&mut self, sql: &str) -> io::Result<Vec<u64>> {
+        if !self.result_set(sql).await? {
+            return Ok(Vec::new());
         }
         let mut out = Vec::new();
         loop {
