@@ -284,9 +284,37 @@ fn the_quick_start_daemon_serves_metrics_and_prints_decisions() {
     );
     let (code, _) = rt.block_on(support::http_get(addr, "/readyz"));
     assert_eq!(code, 200);
+    let out = run(&["health", "--url", &format!("http://{addr}/readyz")]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     unsafe_kill(child.id(), "TERM");
     let status = child.wait().unwrap();
     assert!(status.success(), "SIGTERM exits 0: {status:?}");
+}
+
+#[test]
+fn health_says_why_it_failed() {
+    // A port nothing listens on: bound, then let go.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("http://127.0.0.1:{port}/healthz");
+    let out = run(&["health", "--url", &url]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.starts_with(&format!("{url}: ")) && stderr.contains("refused"),
+        "{stderr}"
+    );
+    let out = run(&["health", "--url", "localhost:9187/healthz"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("not a URL to ask")
+            && text(&out.stderr).contains("write http://HOST:PORT/healthz"),
+        "{}",
+        text(&out.stderr)
+    );
 }
 
 fn unsafe_kill(pid: u32, signal: &str) {

@@ -562,7 +562,17 @@ async fn health(url: &str, timeout: std::time::Duration) -> anyhow::Result<ExitC
             Ok(ExitCode::FAILURE)
         }
         Err(e) => {
-            eprintln!("{url}: {e}");
+            let cause = crate::providers::cloud::source_text(&e);
+            if e.is_builder() {
+                eprintln!("{url}: not a URL to ask: {cause} (write http://HOST:PORT/healthz)");
+            } else if e.is_timeout() {
+                eprintln!(
+                    "{url}: no answer within {}",
+                    crate::core::policy::format_duration(timeout)
+                );
+            } else {
+                eprintln!("{url}: {cause}");
+            }
             Ok(ExitCode::FAILURE)
         }
     }

@@ -477,8 +477,9 @@ impl Client {
     }
 }
 
-/// The innermost cause of a reqwest error, which says what actually happened.
-fn source_text(e: &reqwest::Error) -> String {
+/// The innermost cause of a reqwest error, which says what actually happened
+/// (`Connection refused (os error 111)`, not `error sending request for url`).
+pub(crate) fn source_text(e: &reqwest::Error) -> String {
     let mut s: &dyn std::error::Error = e;
     while let Some(inner) = s.source() {
         s = inner;
