@@ -108,10 +108,9 @@ async fn main() {
             .await
             .unwrap();
         for b in [1usize, 64, 256, 1000] {
-            let list: Vec<String> = ids.iter().take(b).map(|i| i.to_string()).collect();
             let sql = format!(
                 "SELECT ID FROM information_schema.PROCESSLIST WHERE ID IN ({})",
-                list.join(",")
+                id_list(&ids[..b])
             );
             let t = Instant::now();
             for _ in 0..20 {
@@ -130,12 +129,11 @@ async fn main() {
         // and no query id, and cannot be asked for some ids only.)
         let ours = "SELECT p.ID, p.USER, p.HOST, p.DB, p.COMMAND, CAST(p.TIME_MS AS CHAR), \
                     p.STATE, NULL, p.QUERY_ID, NULL, NULL FROM information_schema.PROCESSLIST p";
-        let round: Vec<String> = ids.iter().take(500).map(u64::to_string).collect();
         for (what, sql) in [
             ("the snapshot's listing", ours.to_owned()),
             (
                 "a re-check of 500 ids",
-                format!("{ours} WHERE p.ID IN ({})", round.join(",")),
+                format!("{ours} WHERE p.ID IN ({})", id_list(&ids[..500])),
             ),
             (
                 "SELECT ID FROM information_schema.PROCESSLIST",
@@ -184,9 +182,7 @@ async fn main() {
                 .collect();
             futures::future::join_all(killers.iter_mut().zip(parts).map(|(c, ids)| async move {
                 for b in ids.chunks(batch) {
-                    let sql: Vec<String> =
-                        b.iter().map(|id| format!("KILL CONNECTION {id}")).collect();
-                    let (ok, err) = c.execute_many(&sql.join(";")).await.unwrap();
+                    let (ok, err) = c.execute_many(&kill_packet(b)).await.unwrap();
                     assert_eq!((ok, err), (b.len(), None));
                 }
             }))
@@ -234,17 +230,7 @@ async fn rounds(port: u16, listing: &str, overlapped: bool) -> Duration {
         .query_ints("SELECT ID FROM information_schema.PROCESSLIST WHERE USER = 'app'")
         .await
         .unwrap();
-    let recheck = |round: &[u64]| {
-        let ids: Vec<String> = round.iter().map(u64::to_string).collect();
-        format!("{listing} WHERE p.ID IN ({})", ids.join(","))
-    };
-    let packet = |ids: &[u64]| {
-        let kills: Vec<String> = ids
-            .iter()
-            .map(|id| format!("KILL CONNECTION {id}"))
-            .collect();
-        kills.join(";")
-    };
+    let recheck = |round: &[u64]| format!("{listing} WHERE p.ID IN ({})", id_list(round));
     let [a, b, reader] = &mut conns[..] else {
         unreachable!("three connections")
     };
@@ -257,7 +243,7 @@ async fn rounds(port: u16, listing: &str, overlapped: bool) -> Duration {
             reader.query_rows(&recheck(round)).await.unwrap();
         }
         let (x, y) = round.split_at(round.len() / 2);
-        let (x, y) = (packet(x), packet(y));
+        let (x, y) = (kill_packet(x), kill_packet(y));
         let kills = futures::future::join(a.execute_many(&x), b.execute_many(&y));
         let next = rounds.get(i + 1).filter(|_| overlapped).map(|n| recheck(n));
         let ((x, y), read) = match next {
@@ -269,6 +255,21 @@ async fn rounds(port: u16, listing: &str, overlapped: bool) -> Duration {
     }
     let (cleared, _) = storm.cleared(start, Duration::from_secs(30)).await;
     cleared.expect("the storm is cleared")
+}
+
+/// `1,2,3`.
+fn id_list(ids: &[u64]) -> String {
+    let ids: Vec<String> = ids.iter().map(u64::to_string).collect();
+    ids.join(",")
+}
+
+/// `KILL CONNECTION 1;KILL CONNECTION 2`: one packet of statements.
+fn kill_packet(ids: &[u64]) -> String {
+    let kills: Vec<String> = ids
+        .iter()
+        .map(|id| format!("KILL CONNECTION {id}"))
+        .collect();
+    kills.join(";")
 }
 
 async fn open_many(port: u16, user: &str, n: usize) -> Vec<Conn> {
