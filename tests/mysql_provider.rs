@@ -881,6 +881,7 @@ async fn the_connect_probe_reads_the_server_and_bounds_statements_in_one_packet(
         .unwrap();
     assert_eq!(probed.flavour(), "mariadb");
     assert!(probed.version.contains("MariaDB"), "{}", probed.version);
+    assert!(probed.sees_every_session, "the reaper account has PROCESS");
     let started = probed.started_at.expect("a start time");
     // `Uptime` has whole seconds: the start read is up to a second late.
     assert!(
@@ -892,6 +893,62 @@ async fn the_connect_probe_reads_the_server_and_bounds_statements_in_one_packet(
         .await
         .unwrap();
     assert_eq!(bound, Some(1.35));
+}
+
+/// Without `PROCESS` an account's process list is its own sessions only: a
+/// daemon on such an account would run, find nothing to match, and never say
+/// why. The target is not ready instead, with the grant to make, and the next
+/// connection after the grant works.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_account_without_process_is_refused_with_the_grant_to_make() {
+    let db = MariaDb::shared();
+    let setup = Setup::new();
+    let reaper = db
+        .create_user("noproc", Some("CONNECTION ADMIN ON *.*"))
+        .await;
+    let app = db.create_user("noproc_app", None).await;
+    let _conns = db.open_idle(&app, 2).await;
+    let mut conn = db.connect(&reaper.name, &reaper.password).await.unwrap();
+    let probed = session_reaper::providers::mysql::probe(&mut conn, Duration::from_secs(2))
+        .await
+        .expect("the probe itself succeeds");
+    assert!(!probed.sees_every_session);
+    // The same connection lists only itself: what the daemon would have read.
+    let listed: Vec<String> = conn
+        .query("SELECT USER FROM information_schema.PROCESSLIST")
+        .await
+        .unwrap();
+    assert!(listed.iter().all(|u| *u == reaper.name), "{listed:?}");
+
+    let p = provider(&setup, db, &reaper);
+    let err = p
+        .snapshot(&Want::default())
+        .await
+        .expect_err("no snapshot without PROCESS")
+        .to_string();
+    assert!(
+        err.contains(&format!("connected as {}", reaper.name))
+            && err.contains("lacks the PROCESS privilege")
+            && err.contains("GRANT PROCESS ON *.*"),
+        "{err}"
+    );
+    db.admin()
+        .await
+        .query_drop(format!("GRANT PROCESS ON *.* TO '{}'@'%'", reaper.name))
+        .await
+        .unwrap();
+    // After the connect backoff (a quarter of a second, then more).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let snap = loop {
+        match p.snapshot(&Want::default()).await {
+            Ok(snap) => break snap,
+            Err(_) if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await
+            }
+            Err(e) => panic!("no snapshot 10 s after the grant: {e}"),
+        }
+    };
+    assert_eq!(sessions_of(&snap, &app.name).len(), 2);
 }
 
 /// A MySQL before 8.0.22 has no `performance_schema.processlist`, with

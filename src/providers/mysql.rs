@@ -465,9 +465,20 @@ impl MysqlProvider {
         }
         match tokio::time::timeout(self.timeout, probe(&mut conn, self.timeout)).await {
             Ok(Ok(Probe {
+                sees_every_session: false,
+                ..
+            })) => Err(connect_err(format!(
+                "connected as {}, but the account lacks the PROCESS privilege: the server \
+                 would list only its own sessions, so no policy could ever match (GRANT \
+                 PROCESS ON *.* to it; a connection keeps the privileges it opened with, \
+                 so the next attempt takes the grant)",
+                self.opts.user().unwrap_or("?")
+            ))),
+            Ok(Ok(Probe {
                 flavour,
                 version,
                 started_at,
+                sees_every_session: true,
             })) => Ok(Pooled {
                 conn,
                 flavour,
@@ -898,9 +909,21 @@ fn probe_sql(timeout: Duration) -> String {
     format!(
         "SELECT VERSION(), CAST(UNIX_TIMESTAMP(NOW(6)) AS CHAR); \
          SHOW SESSION STATUS LIKE 'Uptime'; \
-         SET @session_reaper = 1 /*M!100100 , SESSION max_statement_time = {secs:.3} */"
+         SET @session_reaper = 1 /*M!100100 , SESSION max_statement_time = {secs:.3} */; \
+         {PROCESS_CHECK}"
     )
 }
+
+/// Refused (error 1227) to an account without the `PROCESS` privilege, on MariaDB
+/// and MySQL alike: such an account's process list shows only its own sessions,
+/// and says so nowhere else. One of InnoDB's metrics, not `INNODB_TRX`, whose
+/// cache a read would refresh (`TRX_READ_SPACING`); asked for by name, as a `LIMIT
+/// 0` would skip the check. Last in the probe: an error ends the packet.
+const PROCESS_CHECK: &str =
+    "SELECT COUNT(*) FROM information_schema.INNODB_METRICS WHERE NAME = 'trx_rw_commits'";
+
+/// MySQL's and MariaDB's `ER_SPECIFIC_ACCESS_DENIED_ERROR`.
+const SPECIFIC_ACCESS_DENIED: u16 = 1227;
 
 /// What `probe` learnt of a server.
 #[doc(hidden)]
@@ -908,6 +931,9 @@ pub struct Probe {
     pub version: String,
     /// Now less `Uptime`, by the server's clock.
     pub started_at: Option<DateTime<Utc>>,
+    /// False when the account lacks `PROCESS` (`PROCESS_CHECK`), so that it
+    /// would see only its own sessions.
+    pub sees_every_session: bool,
     flavour: Flavour,
 }
 
@@ -925,6 +951,15 @@ pub async fn probe(conn: &mut Conn, timeout: Duration) -> Result<Probe, mysql_as
     let mut result = conn.query_iter(probe_sql(timeout)).await?;
     let version: Vec<(String, String)> = result.collect().await?;
     let uptime: Vec<(String, String)> = result.collect().await?;
+    // The `SET`: no rows.
+    result.collect::<Value>().await?;
+    let sees_every_session = match result.collect::<Value>().await {
+        Ok(_) => true,
+        Err(mysql_async::Error::Server(e)) if e.code == SPECIFIC_ACCESS_DENIED => false,
+        // A server without InnoDB's metrics cannot say: read as before.
+        Err(mysql_async::Error::Server(_)) => true,
+        Err(e) => return Err(e),
+    };
     result.drop_result().await?;
     let (version, now) = version.into_iter().next().unwrap_or_default();
     // MySQL only: a MariaDB built without it has no such variable, and
@@ -946,6 +981,7 @@ pub async fn probe(conn: &mut Conn, timeout: Duration) -> Result<Probe, mysql_as
     Ok(Probe {
         version,
         started_at,
+        sees_every_session,
         flavour,
     })
 }
