@@ -3,7 +3,8 @@
 //! Snapshot: `information_schema.PROCESSLIST` (MariaDB: millisecond `TIME_MS` and
 //! `QUERY_ID`; MySQL 8.0.22 and later: `performance_schema.processlist` when it is
 //! on) left-joined with `information_schema.INNODB_TRX`. The flavour is detected
-//! once per connection, in the round trip of `probe_sql` (and one more on MySQL).
+//! once per connection, in the round trip of `probe_sql` (and one more on MySQL),
+//! which also refuses an account without `PROCESS` (it would see only itself).
 //! Kill: `KILL CONNECTION id`, `KILL QUERY id`, and on MariaDB `KILL QUERY ID
 //! query_id`, which can only end the statement that was matched. Kills go in
 //! rounds: one re-check read of up to `KILL_BATCH` sessions per lane, then, on each
