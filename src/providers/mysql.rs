@@ -917,9 +917,10 @@ fn probe_sql(timeout: Duration) -> String {
 
 /// Refused (error 1227) to an account without the `PROCESS` privilege, on MariaDB
 /// and MySQL alike (seen on 10.11 and 9.7): such an account's process list shows
-/// only its own sessions, and says so nowhere else. One of InnoDB's metrics, not `INNODB_TRX`, whose
-/// cache a read would refresh (`TRX_READ_SPACING`); asked for by name, as a `LIMIT
-/// 0` would skip the check. Last in the probe: an error ends the packet.
+/// only its own sessions, and says so nowhere else. One of InnoDB's metrics, not
+/// `INNODB_TRX`, whose cache a read would refresh (`TRX_READ_SPACING`); asked for
+/// by name, as a `LIMIT 0` would skip the check. Last in the probe: an error ends
+/// the packet.
 const PROCESS_CHECK: &str =
     "SELECT COUNT(*) FROM information_schema.INNODB_METRICS WHERE NAME = 'trx_rw_commits'";
 
