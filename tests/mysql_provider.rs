@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use mysql_async::prelude::Queryable;
 use session_reaper::config;
-use session_reaper::core::plan::{Spare, Why, plan};
+use session_reaper::core::plan::{Spare, Why, manual_policy, plan};
 use session_reaper::core::policy::Action;
 use session_reaper::core::protected::Protection;
 use session_reaper::core::recheck::{Recheck, recheck};
@@ -104,7 +104,7 @@ async fn kill_query(p: &dyn Provider, session: &Session) -> Vec<KillOutcome> {
             ignored_users: &[],
             needs: Needs {
                 sql: true,
-                transactions: false,
+                ..Needs::default()
             },
             tag: 0,
         }],
@@ -217,25 +217,28 @@ async fn a_recheck_reads_the_statement_and_the_transaction_only_when_a_request_n
     let seen = std::sync::Mutex::new(Vec::new());
     let record = |_: &KillRequest, fresh: Option<&Session>| {
         let fresh = fresh.expect("the session is listed");
-        seen.lock()
-            .unwrap()
-            .push((fresh.sql.is_some(), fresh.trx.is_some()));
+        seen.lock().unwrap().push((
+            fresh.sql.is_some(),
+            fresh.trx.is_some(),
+            fresh.query_id.is_some(),
+        ));
         Recheck::Changed("looked only".to_owned())
     };
+    let needs = |sql, transactions, seconds| Needs {
+        sql,
+        transactions,
+        seconds,
+    };
     for needs in [
-        Needs::default(),
-        Needs {
-            sql: true,
-            transactions: false,
-        },
-        Needs {
-            sql: false,
-            transactions: true,
-        },
-        Needs {
-            sql: true,
-            transactions: true,
-        },
+        needs(false, false, false),
+        needs(true, false, false),
+        needs(false, true, false),
+        needs(true, true, false),
+        // Whole seconds decide it: `SHOW PROCESSLIST`, which has no query id;
+        // unless the statement or the transaction is compared.
+        needs(false, false, true),
+        needs(true, false, true),
+        needs(false, true, true),
     ] {
         let request = KillRequest {
             session: &session,
@@ -250,8 +253,16 @@ async fn a_recheck_reads_the_statement_and_the_transaction_only_when_a_request_n
     }
     assert_eq!(
         *seen.lock().unwrap(),
-        vec![(false, false), (true, false), (false, true), (true, true)],
-        "(statement, transaction) read by each re-check"
+        vec![
+            (false, false, true),
+            (true, false, true),
+            (false, true, true),
+            (true, true, true),
+            (false, false, false),
+            (true, false, true),
+            (false, true, true),
+        ],
+        "(statement, transaction, query id) read by each re-check"
     );
     assert_eq!(db.ids_of(&app.name).await, vec![session.id], "not killed");
     let end = KillRequest {
@@ -270,6 +281,108 @@ async fn a_recheck_reads_the_statement_and_the_transaction_only_when_a_request_n
         .expect("the connection ended")
         .unwrap();
     assert!(result.is_err(), "{result:?}");
+}
+
+/// On MariaDB a re-check that whole seconds decide reads `SHOW PROCESSLIST`: the
+/// `SELECT`'s row but for its time, in whole seconds, and its query id. An idle
+/// policy decides on it as on the `SELECT`: a session that ran a statement since
+/// the snapshot (idle again, for less than a second) is not killed, the others are.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_recheck_that_whole_seconds_decide_reads_show_processlist() {
+    let db = MariaDb::shared();
+    let setup = Setup::new();
+    let reaper = db.reaper_user().await;
+    let app = db.create_user("show_app", None).await;
+    let mut conns = db.open_idle(&app, 3).await;
+    let p = provider(&setup, db, &reaper);
+    let mut idle = manual_policy(Action::Kill, &[]);
+    idle.matcher.command = vec!["sleep".to_owned()];
+    idle.matcher.min_time = Some(Duration::from_secs(1));
+    let needs = Needs::of(&idle, true);
+    assert!(needs.seconds, "{needs:?}");
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let snap = p.snapshot(&Want::for_policies(&[&idle])).await.unwrap();
+    let requests: Vec<KillRequest> = kills_of(&snap, &app.name)
+        .into_iter()
+        .map(|r| KillRequest { needs, ..r })
+        .collect();
+    assert_eq!(requests.len(), 3);
+
+    // The rows each listing gives the re-check; nothing is sent.
+    let read = |seconds: bool| {
+        let requests: Vec<KillRequest> = requests
+            .iter()
+            .map(|r| KillRequest {
+                needs: Needs { seconds, ..needs },
+                ..r.clone()
+            })
+            .collect();
+        let p = p.clone();
+        async move {
+            let rows = std::sync::Mutex::new(Vec::new());
+            let record = |_: &KillRequest, fresh: Option<&Session>| {
+                rows.lock().unwrap().push(fresh.expect("listed").clone());
+                Recheck::Changed("looked only".to_owned())
+            };
+            let out = p.kill(&requests, &record).await;
+            assert!(out.iter().all(|o| o.sent_at.is_none()), "{out:?}");
+            let mut rows = rows.into_inner().unwrap();
+            rows.sort_by_key(|s| s.id);
+            rows
+        }
+    };
+    let show = read(true).await;
+    let select = read(false).await;
+    assert_eq!(show.len(), 3);
+    for (a, b) in select.iter().zip(&show) {
+        assert!(a.query_id.is_some() && b.query_id.is_none(), "{a:?} {b:?}");
+        assert!(b.time_ms >= 1000 && b.time_ms % 1000 == 0, "{b:?}");
+        // Whole seconds floored, never rounded up: no more than the SELECT,
+        // read after it, finds.
+        assert!(b.time_ms <= a.time_ms, "{a:?} {b:?}");
+        let same = Session {
+            time_ms: b.time_ms,
+            query_id: None,
+            ..a.clone()
+        };
+        assert_eq!(*b, same);
+    }
+
+    // One of them runs a statement: idle again, for less than a second.
+    let busy = sessions_of(&snap, &app.name)[0].id;
+    let mut ran = false;
+    for c in &mut conns {
+        if c.id() as u64 == busy {
+            c.query_drop("DO 1").await.unwrap();
+            ran = true;
+        }
+    }
+    assert!(ran);
+    let check = |req: &KillRequest, fresh: Option<&Session>| {
+        recheck(
+            req.session,
+            fresh,
+            req.action,
+            Some(&idle),
+            &Default::default(),
+            &[],
+            true,
+        )
+    };
+    let out = p.kill(&requests, &check).await;
+    for (req, o) in requests.iter().zip(&out) {
+        if req.session.id == busy {
+            assert!(
+                matches!(&o.result, KillResult::Changed(why) if why.contains("min_time")),
+                "{o:?}"
+            );
+            assert!(o.sent_at.is_none());
+        } else {
+            assert_eq!(o.result, KillResult::Killed, "{o:?}");
+        }
+    }
+    assert_eq!(db.ids_of(&app.name).await, vec![busy]);
+    drop(conns);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -303,8 +416,8 @@ async fn a_recheck_sees_a_transaction_that_ended_after_the_snapshot() {
         action: Action::Kill,
         ignored_users: &[],
         needs: Needs {
-            sql: false,
             transactions: true,
+            ..Needs::default()
         },
         tag: 0,
     };

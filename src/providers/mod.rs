@@ -39,6 +39,10 @@ pub struct Capabilities {
 pub struct Want {
     pub sql: bool,
     pub transactions: bool,
+    /// For a re-check read: whole seconds of the time decide every request it
+    /// re-checks as milliseconds would ([`Needs::seconds`]), so a provider may read
+    /// a cheaper listing that has only whole seconds. Never set for a snapshot.
+    pub seconds: bool,
     /// Filters every due policy shares, which an API may apply server-side (a
     /// provider may ignore them and return every session).
     pub user: Option<String>,
@@ -71,6 +75,7 @@ impl Want {
         Want {
             sql: fields.sql,
             transactions: fields.transactions,
+            seconds: false,
             user: shared(&|m| match m.user.as_slice() {
                 [one] if m.not_user.is_empty() => one.literal().map(str::to_owned),
                 _ => None,
@@ -114,26 +119,39 @@ pub struct Needs {
     pub sql: bool,
     /// The open transaction (a policy on `in_transaction` or `min_trx_time`).
     pub transactions: bool,
+    /// Whole seconds of the time decide the re-check exactly as milliseconds
+    /// would: the action is `kill` (a `kill-query` compares the statement's time)
+    /// and the policy's `min_time` and `max_time`, if any, are whole seconds
+    /// (`t >= 5s` holds exactly when `floor(t) >= 5s`). Off unless [`Needs::of`]
+    /// finds it so: a re-check then reads milliseconds.
+    pub seconds: bool,
 }
 
 impl Needs {
     /// What re-checking a kill of `policy` compares; `transactions` says whether the
     /// snapshot reported transactions (without them, such a policy matches nothing).
     pub fn of(policy: &crate::core::policy::Policy, transactions: bool) -> Needs {
+        let whole = |d: Option<Duration>| d.is_none_or(|d| d.subsec_nanos() == 0);
         Needs {
             sql: policy.matcher.needs_sql() || policy.action == Action::KillQuery,
             transactions: transactions && policy.matcher.needs_transactions(),
+            seconds: policy.action == Action::Kill
+                && whole(policy.matcher.min_time)
+                && whole(policy.matcher.max_time),
         }
     }
 
     /// What a read re-checking all of `needs` must fetch.
     pub fn want(needs: impl IntoIterator<Item = Needs>) -> Want {
-        let (sql, transactions) = needs.into_iter().fold((false, false), |(s, t), n| {
-            (s || n.sql, t || n.transactions)
-        });
+        let (sql, transactions, seconds, any) = needs
+            .into_iter()
+            .fold((false, false, true, false), |(s, t, secs, _), n| {
+                (s || n.sql, t || n.transactions, secs && n.seconds, true)
+            });
         Want {
             sql,
             transactions,
+            seconds: seconds && any,
             ..Want::default()
         }
     }
@@ -396,7 +414,27 @@ mod tests {
         assert_eq!((want.sql, want.transactions), (false, true));
         assert_eq!(Needs::want([]), Want::default());
 
-        // The snapshot carries what the re-check compares with.
+        // Whole seconds decide a `kill` whose thresholds are whole seconds.
+        let mut secs = manual_policy(Action::Kill, &[]);
+        secs.matcher.min_time = Some(Duration::from_secs(5));
+        secs.matcher.max_time = Some(Duration::from_secs(3600));
+        let mut millis = secs.clone();
+        millis.matcher.min_time = Some(Duration::from_millis(1500));
+        let mut below = secs.clone();
+        below.matcher.max_time = Some(Duration::from_millis(2500));
+        let seconds = |p: &crate::core::policy::Policy| Needs::of(p, true).seconds;
+        assert!(seconds(&idle) && seconds(&secs) && seconds(&long_trx));
+        assert!(!seconds(&millis) && !seconds(&below));
+        assert!(!seconds(&query), "kill-query compares the statement's time");
+        assert!(Needs::want([Needs::of(&idle, true), Needs::of(&secs, true)]).seconds);
+        assert!(!Needs::want([Needs::of(&idle, true), Needs::of(&millis, true)]).seconds);
+        assert!(
+            !Needs::default().seconds,
+            "milliseconds unless found otherwise"
+        );
+
+        // The snapshot carries what the re-check compares with, in milliseconds.
+        assert!(!Want::for_policies(&[&idle]).seconds);
         assert!(!Want::for_policies(&[&idle]).sql);
         assert!(Want::for_policies(&[&idle, &query]).sql);
         assert!(Want::for_policies(&[&long_trx]).transactions);
