@@ -1092,13 +1092,14 @@ async fn a_mysql_before_8_0_22_is_read_from_information_schema_and_killed_by_thr
         .await;
     assert!(missing.is_err(), "the stand-in must lack the table");
 
+    let since = std::time::Instant::now();
     let idle = db.open_idle(&app, 2).await;
     let mut busy = db.connect(&app.name, &app.password).await.unwrap();
     let running = tokio::spawn(async move {
         let r: mysql_async::Result<Vec<u64>> = busy.query("SELECT SLEEP(30)").await;
         (r, busy)
     });
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    tokio::time::sleep(Duration::from_millis(2200)).await;
 
     let p = provider(&setup, &db, &reaper);
     let snap = p.snapshot(&Want::everything()).await.expect("snapshot");
@@ -1109,9 +1110,16 @@ async fn a_mysql_before_8_0_22_is_read_from_information_schema_and_killed_by_thr
     let mine = sessions_of(&snap, &app.name);
     assert_eq!(mine.len(), 3, "{mine:?}");
     for s in &mine {
-        // `TIME` has whole seconds and MySQL has no `QUERY_ID` column.
+        // `TIME` has whole seconds, read as the smallest age they can mean
+        // (MySQL's can be up to a second more than the session's), and MySQL
+        // has no `QUERY_ID` column. 2.2 s idle: `TIME` 2, read as 1 s, a
+        // second less than they have been.
         assert_eq!(s.time_ms % 1000, 0, "{s:?}");
         assert!(s.time_ms >= 1000, "{s:?}");
+        assert!(
+            s.time_ms <= since.elapsed().as_millis() as u64 - 1000,
+            "{s:?}"
+        );
         assert_eq!(s.query_id, None, "{s:?}");
     }
     let statement = mine

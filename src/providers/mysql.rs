@@ -1287,6 +1287,13 @@ fn listing(flavour: Flavour, want: &Want, only_ids: Option<&[u64]>) -> Listing {
     }
 }
 
+/// MySQL's `TIME` subtracts whole seconds (the second its state began from the
+/// second it is now), so a session 0.4 s into its state can be listed at 1 s:
+/// read as the smallest age it can mean, one second less, so that nothing is
+/// killed before its threshold (DESIGN.md, "Time"). `GREATEST` first: `TIME`
+/// may be unsigned, and `0 - 1` would be an error.
+const MYSQL_TIME_MS: &str = "(GREATEST(p.TIME, 1) - 1) * 1000";
+
 /// The process-list query for a flavour and what the policies need.
 fn processlist_query(flavour: Flavour, want: &Want, only_ids: Option<&[u64]>) -> String {
     let info = if want.sql { "p.INFO" } else { "NULL" };
@@ -1296,8 +1303,8 @@ fn processlist_query(flavour: Flavour, want: &Want, only_ids: Option<&[u64]>) ->
             "CAST(p.TIME_MS AS CHAR)",
             "p.QUERY_ID",
         ),
-        Flavour::MySqlPerfSchema => ("performance_schema.processlist", "p.TIME * 1000", "NULL"),
-        Flavour::MySql => ("information_schema.PROCESSLIST", "p.TIME * 1000", "NULL"),
+        Flavour::MySqlPerfSchema => ("performance_schema.processlist", MYSQL_TIME_MS, "NULL"),
+        Flavour::MySql => ("information_schema.PROCESSLIST", MYSQL_TIME_MS, "NULL"),
     };
     // `trx_started` has whole seconds: the smallest age it can mean is now - started - 1s.
     let (trx_cols, trx_join) = if want.transactions {
@@ -1365,7 +1372,7 @@ fn value_string(v: &Value) -> Option<String> {
     }
 }
 
-/// Milliseconds from `TIME_MS` ("1234.567") or `TIME * 1000`, floored, never negative.
+/// Milliseconds from `TIME_MS` ("1234.567") or [`MYSQL_TIME_MS`], floored, never negative.
 fn value_ms(v: &Value) -> Option<u64> {
     match v {
         Value::Bytes(b) => {
