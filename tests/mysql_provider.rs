@@ -284,9 +284,10 @@ async fn a_recheck_reads_the_statement_and_the_transaction_only_when_a_request_n
 }
 
 /// On MariaDB a re-check that whole seconds decide reads `SHOW PROCESSLIST`: the
-/// `SELECT`'s row but for its time, in whole seconds, and its query id. An idle
-/// policy decides on it as on the `SELECT`: a session that ran a statement since
-/// the snapshot (idle again, for less than a second) is not killed, the others are.
+/// `SELECT`'s row, but with its time in whole seconds and without its query id.
+/// An idle policy decides on it as on the `SELECT`: a session that ran a
+/// statement since the snapshot (idle again, for less than a second) is not
+/// killed, the others are.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_recheck_that_whole_seconds_decide_reads_show_processlist() {
     let db = MariaDb::shared();

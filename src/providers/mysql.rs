@@ -6,8 +6,9 @@
 //! once per connection, in the round trip of `probe_sql` (and one more on MySQL),
 //! which also refuses an account without `PROCESS` (it would see only itself).
 //! A re-check reads the same query for the ids it re-checks, or on MariaDB, when
-//! whole seconds decide it, `SHOW PROCESSLIST` (`Listing::Show`). Kill: `KILL CONNECTION id`, `KILL QUERY id`, and on MariaDB `KILL QUERY ID
-//! query_id`, which can only end the statement that was matched. Kills go in
+//! whole seconds decide it, `SHOW PROCESSLIST` (`Listing::Show`). Kill: `KILL
+//! CONNECTION id`, `KILL QUERY id`, and on MariaDB `KILL QUERY ID query_id`,
+//! which can only end the statement that was matched. Kills go in
 //! rounds: one re-check read of up to `KILL_BATCH` sessions per lane, then, on each
 //! lane's connection at once, one packet of `KILL` statements for those still the
 //! ones matched (a round trip per batch, not per kill: 3,000 idle sessions go in
